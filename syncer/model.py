@@ -1,0 +1,102 @@
+"""Plain values that flow between the layers: provider -> diff -> store.
+
+Nothing here does I/O. The string values of the enums are public contract: they are
+stored in the database and users write SQL against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+
+class StatusClass(StrEnum):
+    READY = "ready"
+    PENDING = "pending"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+class EventKind(StrEnum):
+    APPEARED = "appeared"
+    STATUS_CHANGED = "status_changed"
+    CHANGED = "changed"
+    DISAPPEARED = "disappeared"
+    REAPPEARED = "reappeared"
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    INCOMPLETE = "incomplete"
+    HELD = "held"
+    FAILED = "failed"
+
+
+_STATUS_CLASSES = {
+    "ok": StatusClass.READY,
+    "ready": StatusClass.READY,
+    "processed": StatusClass.READY,
+    "success": StatusClass.READY,
+    "error": StatusClass.FAILED,
+    "failed": StatusClass.FAILED,
+    "uploaded": StatusClass.PENDING,
+    "processing": StatusClass.PENDING,
+    "validating": StatusClass.PENDING,
+    "in_progress": StatusClass.PENDING,
+}
+
+
+def classify_status(status: str | None, *, provider_reports_status: bool) -> StatusClass:
+    """Map a provider's raw status string onto the four classes users alert on.
+
+    A provider that has no status field at all (SiliconFlow) only lists files it has
+    accepted, so its files are ready. A provider that does report status but left it
+    out, or sent a value we have never seen, gets `unknown`, never a guess.
+    """
+    if status is None:
+        return StatusClass.UNKNOWN if provider_reports_status else StatusClass.READY
+    return _STATUS_CLASSES.get(status.strip().lower(), StatusClass.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class ListedFile:
+    """One usable file from a provider's listing, normalized to syncer's columns."""
+
+    file_id: str
+    filename: str
+    purpose: str
+    bytes: int
+    line_count: int | None
+    status: str | None
+    status_details: str | None
+    status_class: StatusClass
+    created_at: datetime
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What one pass over a provider's list endpoint returned.
+
+    `complete` is False when the provider may have cut the listing short (a
+    SiliconFlow page of `limit` items) or when any item was unusable: either way a
+    file missing from `files` may still exist, so nothing may be marked disappeared.
+    """
+
+    files: tuple[ListedFile, ...]
+    truncated: bool = False
+    skipped: int = 0
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def complete(self) -> bool:
+        return not self.truncated and self.skipped == 0
+
+    @property
+    def items_listed(self) -> int:
+        """Every item the provider sent, usable or not."""
+        return len(self.files) + self.skipped
