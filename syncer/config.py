@@ -1,14 +1,50 @@
-"""Settings: the only module that reads the environment."""
+"""Settings: the only module that reads the environment.
+
+Everything is read and checked once, at start. A bad value raises `ConfigError` with one
+line that names the setting, so the program never runs half-configured. Secrets are
+wrapped in `Secret` the moment they are read.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import platformdirs
+from dotenv import dotenv_values
+
+from syncer.errors import ConfigError
+from syncer.redaction import Secret
 
 if TYPE_CHECKING:
-    from syncer.redaction import Secret
+    from collections.abc import Mapping
 
 PROVIDERS = ("siliconflow", "moonshot")
+DEFAULT_BASE_URLS = {
+    "siliconflow": "https://api.siliconflow.cn/v1",
+    "moonshot": "https://api.moonshot.cn/v1",
+}
+DEFAULT_LIST_LIMIT = 10_000
+_SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+_LOG_FORMATS = ("json", "console")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TOML_SOURCE_KEYS = {
+    "name",
+    "provider",
+    "api_key_env",
+    "api_key_file",
+    "base_url",
+    "interval",
+    "list_limit",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +56,7 @@ class SourceConfig:
     api_key: Secret
     base_url: str
     interval: float = 300.0
-    list_limit: int = 10_000
+    list_limit: int = DEFAULT_LIST_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +75,326 @@ class HttpPolicy:
     wait_initial: float = 0.5
     wait_max: float = 10.0
     max_body_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRules:
+    """The knobs of the diff that decide when a missing file counts as gone."""
+
+    missing_grace: int = 1
+    mass_disappear_fraction: float = 0.5
+    mass_disappear_min: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: Secret | None
+    data_dir: Path
+    sources: tuple[SourceConfig, ...]
+    rules: SyncRules
+    http: HttpPolicy
+    alert_urls: tuple[Secret, ...] = ()
+    http_host: str = "0.0.0.0"  # noqa: S104 - the service is meant to be scraped from outside its container
+    http_port: int = 8080
+    lock_timeout: float = 30.0
+    log_format: str | None = None  # None: console on a terminal, else json
+    log_level: str = "INFO"
+    extra_secrets: tuple[Secret, ...] = field(default=())
+
+    def source(self, name: str) -> SourceConfig:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise ConfigError(f"--source {name!r}: no such source (configured: {known})")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
+) -> Settings:
+    """Read every setting from `environ` (default: the process environment) and `.env`.
+
+    Real environment variables win over the `.env` file, as with docker compose.
+    """
+    env = _Environment(environ if environ is not None else os.environ, env_file)
+    database_url = env.secret("SYNCER_DATABASE_URL") or env.secret("DATABASE_URL")
+    interval = env.duration("SYNCER_INTERVAL", 300.0)
+    allow_insecure = env.flag("SYNCER_ALLOW_INSECURE_HTTP")
+    sources = _env_sources(env, interval) + _toml_sources(env, interval)
+    _check_unique_names(sources)
+    for source in sources:
+        _check_transport_security(source, allow_insecure=allow_insecure)
+    return Settings(
+        database_url=database_url,
+        data_dir=Path(env.get("SYNCER_DATA_DIR") or platformdirs.user_data_dir("syncer")),
+        sources=sources,
+        rules=SyncRules(
+            missing_grace=env.integer("SYNCER_MISSING_GRACE", 1, minimum=1),
+            mass_disappear_fraction=env.fraction("SYNCER_MASS_DISAPPEAR_FRACTION", 0.5),
+            mass_disappear_min=env.integer("SYNCER_MASS_DISAPPEAR_MIN", 10, minimum=0),
+        ),
+        http=HttpPolicy(
+            request_deadline=env.duration("SYNCER_REQUEST_TIMEOUT", 60.0),
+            retry_budget=env.duration("SYNCER_RETRY_TIMEOUT", 120.0),
+        ),
+        alert_urls=_alert_urls(env),
+        http_host=env.get("SYNCER_HTTP_HOST") or "0.0.0.0",  # noqa: S104 - see Settings
+        http_port=env.integer("SYNCER_HTTP_PORT", 8080, minimum=0, maximum=65535),
+        lock_timeout=env.duration("SYNCER_LOCK_TIMEOUT", 30.0),
+        log_format=env.choice("SYNCER_LOG_FORMAT", _LOG_FORMATS, default=None),
+        log_level=env.choice("SYNCER_LOG_LEVEL", _LOG_LEVELS, default="INFO") or "INFO",
+    )
+
+
+def parse_duration(text: str) -> float:
+    """`300`, `90s`, `5m` or `1h` as seconds; raises ValueError otherwise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(text)
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(text)
+    return seconds
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Environment:
+    """Typed, validated access to variables; every error names the variable."""
+
+    def __init__(self, environ: Mapping[str, str], env_file: Path | None) -> None:
+        values: dict[str, str] = {}
+        if env_file is not None and env_file.is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(environ)
+        self._values = values
+
+    def get(self, name: str) -> str | None:
+        value = self._values.get(name)
+        return value if value not in (None, "") else None
+
+    def secret(self, name: str) -> Secret | None:
+        """A secret given directly or, docker-secrets style, as `NAME_FILE`."""
+        direct, path = self.get(name), self.get(f"{name}_FILE")
+        if direct is not None and path is not None:
+            raise ConfigError(f"{name}: set either {name} or {name}_FILE, not both")
+        if path is not None:
+            direct = _read_secret_file(f"{name}_FILE", Path(path))
+        return Secret(direct) if direct is not None else None
+
+    def flag(self, name: str) -> bool:
+        value = (self.get(name) or "0").strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected 1 or 0, got {value!r}")
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        text = self.get(name)
+        if text is None:
+            return default
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: expected a whole number, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and {maximum}" if maximum is not None else ""
+            bound = f"between {minimum}{upper}" if upper else f"at least {minimum}"
+            raise ConfigError(f"{name}: must be {bound}, got {value}")
+        return value
+
+    def fraction(self, name: str, default: float) -> float:
+        text = self.get(name)
+        if text is None:
+            return default
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number between 0 and 1, got {text!r}") from None
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{name}: must be between 0 and 1, got {value}")
+        return value
+
+    def duration(self, name: str, default: float) -> float:
+        text = self.get(name)
+        if text is None:
+            return default
+        try:
+            return parse_duration(text)
+        except ValueError:
+            raise ConfigError(
+                f"{name}: expected a positive duration like 300, 90s, 5m or 1h, got {text!r}"
+            ) from None
+
+    def choice(self, name: str, choices: tuple[str, ...], *, default: str | None) -> str | None:
+        text = self.get(name)
+        if text is None:
+            return default
+        normalized = text.strip().upper() if choices == _LOG_LEVELS else text.strip().lower()
+        if normalized not in choices:
+            raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {text!r}")
+        return normalized
+
+
+def _read_secret_file(setting: str, path: Path) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ConfigError(f"{setting}: cannot read {path}: {error.strerror}") from None
+    if not value:
+        raise ConfigError(f"{setting}: {path} is empty")
+    return value
+
+
+def _env_sources(env: _Environment, interval: float) -> tuple[SourceConfig, ...]:
+    """The one-account-per-provider shortcut: `SILICONFLOW_API_KEY`, `MOONSHOT_API_KEY`."""
+    sources = []
+    for provider in PROVIDERS:
+        prefix = provider.upper()
+        key = env.secret(f"{prefix}_API_KEY")
+        if key is None:
+            continue
+        list_limit = DEFAULT_LIST_LIMIT
+        if provider == "siliconflow":
+            list_limit = env.integer(f"{prefix}_LIST_LIMIT", DEFAULT_LIST_LIMIT, minimum=1)
+        sources.append(
+            SourceConfig(
+                name=provider,
+                provider=provider,
+                api_key=key,
+                base_url=_base_url(
+                    f"{prefix}_BASE_URL",
+                    env.get(f"{prefix}_BASE_URL") or DEFAULT_BASE_URLS[provider],
+                ),
+                interval=interval,
+                list_limit=list_limit,
+            )
+        )
+    return tuple(sources)
+
+
+def _toml_sources(env: _Environment, interval: float) -> tuple[SourceConfig, ...]:
+    path_text = env.get("SYNCER_CONFIG")
+    if path_text is None:
+        return ()
+    path = Path(path_text)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"SYNCER_CONFIG: cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"SYNCER_CONFIG: {path} is not valid TOML: {error}") from None
+    tables = document.get("sources", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"SYNCER_CONFIG: {path}: 'sources' must be [[sources]] tables")
+    return tuple(
+        _toml_source(env, table, f"SYNCER_CONFIG {path}: sources[{index}]", interval)
+        for index, table in enumerate(tables)
+    )
+
+
+def _toml_source(
+    env: _Environment, table: dict[str, Any], where: str, interval: float
+) -> SourceConfig:
+    unknown = sorted(set(table) - _TOML_SOURCE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    name = table.get("name")
+    if not isinstance(name, str) or not _SOURCE_NAME.match(name):
+        raise ConfigError(
+            f"{where}.name: required, lowercase letters, digits, '_', '.', '-' (got {name!r})"
+        )
+    where = f"{where} ({name})"
+    provider = table.get("provider")
+    if provider not in PROVIDERS:
+        raise ConfigError(f"{where}.provider: must be one of {', '.join(PROVIDERS)}")
+    base_url = table.get("base_url", DEFAULT_BASE_URLS[provider])
+    if not isinstance(base_url, str):
+        raise ConfigError(f"{where}.base_url: must be a string")
+    return SourceConfig(
+        name=name,
+        provider=provider,
+        api_key=_toml_api_key(env, table, where),
+        base_url=_base_url(f"{where}.base_url", base_url),
+        interval=_toml_interval(table.get("interval"), where, interval),
+        list_limit=_toml_list_limit(table.get("list_limit"), where),
+    )
+
+
+def _toml_api_key(env: _Environment, table: dict[str, Any], where: str) -> Secret:
+    # A key written into the TOML file itself would end up in backups and repos:
+    # only references to where the key lives are accepted.
+    key_env, key_file = table.get("api_key_env"), table.get("api_key_file")
+    if (key_env is None) == (key_file is None):
+        raise ConfigError(f"{where}: set exactly one of api_key_env and api_key_file")
+    if key_file is not None:
+        if not isinstance(key_file, str):
+            raise ConfigError(f"{where}.api_key_file: must be a path string")
+        return Secret(_read_secret_file(f"{where}.api_key_file", Path(key_file)))
+    if not isinstance(key_env, str):
+        raise ConfigError(f"{where}.api_key_env: must be the name of a variable")
+    key = env.secret(key_env)
+    if key is None:
+        raise ConfigError(f"{where}.api_key_env: variable {key_env} is not set")
+    return key
+
+
+def _toml_interval(value: object, where: str, default: float) -> float:
+    if value is None:
+        return default
+    text = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+    try:
+        return parse_duration(text if isinstance(text, str) else "")
+    except ValueError:
+        raise ConfigError(
+            f"{where}.interval: expected a positive duration like 300 or 5m"
+        ) from None
+
+
+def _toml_list_limit(value: object, where: str) -> int:
+    if value is None:
+        return DEFAULT_LIST_LIMIT
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}.list_limit: must be a whole number >= 1")
+    return value
+
+
+def _base_url(setting: str, url: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{setting}: expected an http(s) URL, got {url!r}")
+    return url.strip().rstrip("/")
+
+
+def _check_unique_names(sources: tuple[SourceConfig, ...]) -> None:
+    seen: set[str] = set()
+    for source in sources:
+        if source.name in seen:
+            raise ConfigError(
+                f"source {source.name!r} is defined twice (environment and/or SYNCER_CONFIG)"
+            )
+        seen.add(source.name)
+
+
+def _check_transport_security(source: SourceConfig, *, allow_insecure: bool) -> None:
+    parts = urlsplit(source.base_url)
+    if parts.scheme == "http" and not allow_insecure and not is_loopback_host(parts.hostname or ""):
+        raise ConfigError(
+            f"source {source.name!r}: refusing to send its API key over plain http to "
+            f"{parts.hostname}; use https, or set SYNCER_ALLOW_INSECURE_HTTP=1"
+        )
+
+
+def _alert_urls(env: _Environment) -> tuple[Secret, ...]:
+    raw = env.secret("SYNCER_ALERT_URLS")
+    if raw is None:
+        return ()
+    return tuple(Secret(url) for url in re.split(r"[\s,]+", raw.reveal()) if url)

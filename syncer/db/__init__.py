@@ -1,0 +1,1 @@
+"""Everything that talks to PostgreSQL: schema, connections, the embedded server, the store."""

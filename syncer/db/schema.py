@@ -1,0 +1,145 @@
+"""The tables users query. Column names and values are public contract (DESIGN.md 4).
+
+The schema is created only by the Alembic migrations in `migrations/`; this metadata
+is what `alembic check` compares the migrated database against, and what the store
+builds its statements from.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from syncer.model import EventKind, Outcome, StatusClass
+
+# Stable constraint names, so later migrations can refer to them.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _one_of(column: str, values: list[str]) -> str:
+    listed = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({listed})"
+
+
+def _timestamp(name: str, *, nullable: bool = False) -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=nullable)
+
+
+def _counter(name: str) -> Column[int]:
+    return Column(name, Integer, nullable=False, server_default=text("0"))
+
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    _timestamp("started_at"),
+    _timestamp("finished_at", nullable=True),
+    Column("outcome", Text, nullable=False),
+    _counter("files_listed"),
+    _counter("appeared"),
+    _counter("status_changed"),
+    _counter("changed"),
+    _counter("disappeared"),
+    _counter("reappeared"),
+    # Not in the original contract: how many listed items were unusable, and how
+    # many disappearances the mass-disappearance breaker held back.
+    _counter("items_skipped"),
+    _counter("disappearances_held"),
+    Column("error", Text, nullable=True),
+    CheckConstraint(_one_of("outcome", [o.value for o in Outcome]), name="outcome"),
+    Index(None, "source", "id"),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("file_id", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("line_count", Integer, nullable=True),
+    Column("status", Text, nullable=True),
+    Column("status_details", Text, nullable=True),
+    Column("status_class", Text, nullable=False),
+    _timestamp("created_at"),
+    _timestamp("first_seen_at"),
+    _timestamp("changed_at"),
+    _timestamp("deleted_at", nullable=True),
+    Column("raw", JSONB, nullable=False),
+    # Internal: consecutive complete listings this present file was missing from
+    # (SYNCER_MISSING_GRACE). Zero while the file is listed.
+    _counter("missing_count"),
+    PrimaryKeyConstraint("source", "file_id"),
+    CheckConstraint(
+        _one_of("status_class", [c.value for c in StatusClass]), name="status_class"
+    ),
+)
+
+file_events = Table(
+    "file_events",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column(
+        "sync_run_id", BigInteger, ForeignKey("sync_runs.id"), nullable=False, index=True
+    ),
+    _timestamp("occurred_at"),
+    Column("source", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("file_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("old_status", Text, nullable=True),
+    Column("new_status", Text, nullable=True),
+    Column("changes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    CheckConstraint(_one_of("kind", [k.value for k in EventKind]), name="kind"),
+    Index(None, "source", "file_id", "id"),
+)
+
+# The notification outbox: written in the same transaction as the change that
+# raised the alert, delivered afterwards by the dispatcher.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("alert_key", Text, nullable=False, unique=True),
+    _timestamp("created_at"),
+    Column("kind", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("file_id", Text, nullable=True),
+    Column("sync_run_id", BigInteger, ForeignKey("sync_runs.id"), nullable=True),
+    Column("payload", JSONB, nullable=False),
+    Column("state", Text, nullable=False, server_default=text("'pending'")),
+    _counter("attempts"),
+    _timestamp("next_attempt_at"),
+    _timestamp("sent_at", nullable=True),
+    Column("last_error", Text, nullable=True),
+    CheckConstraint(_one_of("state", ["pending", "sent", "dead"]), name="state"),
+    Index(None, "state", "next_attempt_at"),
+)
