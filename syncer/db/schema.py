@@ -97,18 +97,14 @@ files = Table(
     # (SYNCER_MISSING_GRACE). Zero while the file is listed.
     _counter("missing_count"),
     PrimaryKeyConstraint("source", "file_id"),
-    CheckConstraint(
-        _one_of("status_class", [c.value for c in StatusClass]), name="status_class"
-    ),
+    CheckConstraint(_one_of("status_class", [c.value for c in StatusClass]), name="status_class"),
 )
 
 file_events = Table(
     "file_events",
     metadata,
     Column("id", BigInteger, Identity(always=True), primary_key=True),
-    Column(
-        "sync_run_id", BigInteger, ForeignKey("sync_runs.id"), nullable=False, index=True
-    ),
+    Column("sync_run_id", BigInteger, ForeignKey("sync_runs.id"), nullable=False, index=True),
     _timestamp("occurred_at"),
     Column("source", Text, nullable=False),
     Column("provider", Text, nullable=False),

@@ -1,0 +1,176 @@
+"""The `syncer` command. Each command is a few lines that call into the package."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from syncer.config import Settings, load_settings
+from syncer.db.engine import create_db_engine, database_url
+from syncer.db.migrate import pending_revision, upgrade_to_head
+from syncer.errors import ConfigError, DatabaseUnavailableError, ProviderError, SourceBusyError
+from syncer.logs import configure_logging
+from syncer.model import Outcome
+from syncer.redaction import redact
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import sqlalchemy as sa
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_CHECK_RETRY_BUDGET = 15.0
+
+
+class _SyncerGroup(click.Group):
+    """Turns syncer's own errors into one clear line and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as error:
+            click.echo(f"syncer: configuration error: {redact(str(error))}", err=True)
+            sys.exit(EXIT_USAGE)
+        except DatabaseUnavailableError as error:
+            click.echo(f"syncer: {redact(str(error))}", err=True)
+            sys.exit(EXIT_FAILED)
+
+
+@click.group(cls=_SyncerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Keep an SQL inventory and audit trail of your files at LLM providers."""
+
+
+@cli.command()
+def migrate() -> None:
+    """Migrate the database to the newest schema (alembic upgrade head)."""
+    with _engine(_settings()) as engine:
+        upgrade_to_head(engine)
+    click.echo("database schema is up to date")
+
+
+@cli.command()
+@click.option(
+    "--source", "source_names", multiple=True, metavar="NAME", help="Only this source (repeatable)."
+)
+@click.option(
+    "--allow-mass-disappear",
+    is_flag=True,
+    help="Apply disappearances even if the mass-disappearance breaker would hold them.",
+)
+@click.option("--no-migrate", is_flag=True, help="Do not migrate the database first.")
+def sync(source_names: tuple[str, ...], *, allow_mass_disappear: bool, no_migrate: bool) -> None:
+    """Sync every (or each chosen) source once now and print a line per source.
+
+    Exits 0 when every source is `ok`, 1 when any is not, 2 on bad usage or settings.
+    """
+    from syncer.sync import sync_source  # noqa: PLC0415 - keeps `--help` fast
+
+    settings = _settings(need_sources=True)
+    sources = [settings.source(name) for name in source_names] or list(settings.sources)
+    all_ok = True
+    with _engine(settings, migrate=not no_migrate) as engine:
+        for source in sources:
+            try:
+                result = sync_source(
+                    engine,
+                    source,
+                    rules=settings.rules,
+                    policy=settings.http,
+                    allow_mass_disappear=allow_mass_disappear,
+                )
+            except SourceBusyError as error:
+                click.echo(f"{source.name}: busy: {error}")
+                all_ok = False
+                continue
+            click.echo(result.summary())
+            all_ok = all_ok and result.outcome is Outcome.OK
+    sys.exit(EXIT_OK if all_ok else EXIT_FAILED)
+
+
+@cli.command()
+def check() -> None:
+    """Check the settings, the database and every source; say what is wrong."""
+    from syncer.providers import fetch_listing  # noqa: PLC0415 - keeps `--help` fast
+
+    settings = _settings()
+    problems = 0
+    click.echo(f"settings: ok ({len(settings.sources)} sources)")
+    if not settings.sources:
+        click.echo(
+            "sources: none configured (set SILICONFLOW_API_KEY, MOONSHOT_API_KEY or SYNCER_CONFIG)"
+        )
+        problems += 1
+    try:
+        with _engine(settings) as engine:
+            pending = pending_revision(engine)
+        click.echo(f"database: {pending or 'ok'}")
+        problems += pending is not None
+    except (DatabaseUnavailableError, SQLAlchemyError) as error:
+        click.echo(f"database: unreachable: {redact(str(error)).splitlines()[0]}")
+        problems += 1
+    policy = replace(
+        settings.http, retry_budget=min(settings.http.retry_budget, _CHECK_RETRY_BUDGET)
+    )
+    for source in settings.sources:
+        try:
+            listing = fetch_listing(source, policy)
+            click.echo(f"source {source.name}: ok ({listing.items_listed} files listed)")
+        except ProviderError as error:
+            click.echo(f"source {source.name}: {redact(str(error))}")
+            problems += 1
+    sys.exit(EXIT_OK if problems == 0 else EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--no-migrate", is_flag=True, help="Do not migrate the database at start.")
+def run(*, no_migrate: bool) -> None:
+    """Run the service: sync every source now and then every interval, until SIGTERM."""
+    from syncer.service import run_service  # noqa: PLC0415 - keeps `--help` fast
+
+    settings = _settings(need_sources=True)
+    with _engine(settings, migrate=not no_migrate) as engine:
+        sys.exit(run_service(settings, engine))
+
+
+@cli.command()
+@click.option("--steps", default=8, show_default=True, help="Simulated rounds of changes.")
+@click.option("--pause", default=1.0, show_default=True, help="Seconds between rounds.")
+def demo(steps: int, pause: float) -> None:
+    """The whole loop with no keys and no setup: a simulated provider and a database."""
+    from syncer.demo import run_demo  # noqa: PLC0415 - the simulator is only needed here
+
+    settings = _settings()
+    sys.exit(run_demo(settings, steps=steps, pause=pause))
+
+
+def _settings(*, need_sources: bool = False) -> Settings:
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    if need_sources and not settings.sources:
+        raise ConfigError(
+            "no sources configured: set SILICONFLOW_API_KEY, MOONSHOT_API_KEY or SYNCER_CONFIG"
+        )
+    return settings
+
+
+@contextmanager
+def _engine(settings: Settings, *, migrate: bool = False) -> Iterator[sa.Engine]:
+    engine = create_db_engine(database_url(settings), lock_timeout=settings.lock_timeout)
+    try:
+        if migrate:
+            upgrade_to_head(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def main() -> int:
+    """Console-script entry point."""
+    cli.main(prog_name="syncer")
+    return EXIT_OK

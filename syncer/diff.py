@@ -1,0 +1,169 @@
+"""The pure heart of a sync: a listing and the stored state in, a plan of writes out.
+
+No I/O happens here, so every guarantee about what a listing may and may not do to the
+inventory (DESIGN.md 5) is decided, and tested, in this module alone:
+
+- only a complete listing can make a file disappear, and only after it has been missing
+  from `missing_grace` complete listings in a row;
+- a listing that would make too many files disappear at once is `held`: everything
+  else is applied, the disappearances wait;
+- a file whose tracked fields did not change produces no write and no event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from syncer.model import EventKind, ListedFile, Listing, Outcome
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from syncer.config import SyncRules
+
+# The fields whose change is worth an event. `raw` is refreshed along with them but
+# not compared: a provider adding a field we do not track must not rewrite every row.
+TRACKED_FIELDS = (
+    "filename",
+    "purpose",
+    "bytes",
+    "line_count",
+    "status",
+    "status_details",
+    "created_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """The columns of a `files` row that the diff compares."""
+
+    file_id: str
+    filename: str
+    purpose: str
+    bytes: int
+    line_count: int | None
+    status: str | None
+    status_details: str | None
+    created_at: datetime
+    deleted_at: datetime | None = None
+    missing_count: int = 0
+
+    @property
+    def present(self) -> bool:
+        return self.deleted_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEvent:
+    file_id: str
+    kind: EventKind
+    old_status: str | None
+    new_status: str | None
+    changes: dict[str, list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything one sync will write, decided before any write happens.
+
+    upserts:         listed files to insert, or to overwrite because a tracked field
+                     changed or the file came back; each has exactly one event.
+    missing_counts:  (file_id, count) for present files whose only change is how many
+                     complete listings in a row they were missing from.
+    disappearances:  files to mark deleted now.
+    """
+
+    outcome: Outcome
+    upserts: tuple[ListedFile, ...]
+    missing_counts: tuple[tuple[str, int], ...]
+    disappearances: tuple[str, ...]
+    events: tuple[PlannedEvent, ...]
+    disappearances_held: int = 0
+
+    def count(self, kind: EventKind) -> int:
+        return sum(1 for event in self.events if event.kind is kind)
+
+
+def plan_sync(
+    listing: Listing,
+    stored: Mapping[str, StoredFile],
+    rules: SyncRules,
+    *,
+    allow_mass_disappear: bool = False,
+) -> Plan:
+    """Compare a listing with the stored state of the same source and plan the writes."""
+    upserts: list[ListedFile] = []
+    missing_counts: list[tuple[str, int]] = []
+    events: list[PlannedEvent] = []
+
+    for listed in listing.files:
+        old = stored.get(listed.file_id)
+        event = _event_for_listed(listed, old)
+        if event is not None:
+            upserts.append(listed)
+            events.append(event)
+        elif old is not None and old.missing_count:
+            missing_counts.append((listed.file_id, 0))
+
+    outcome = Outcome.OK if listing.complete else Outcome.INCOMPLETE
+    disappearances: list[str] = []
+    held = 0
+    if listing.complete:
+        listed_ids = {listed.file_id for listed in listing.files}
+        missing = [f for f in stored.values() if f.present and f.file_id not in listed_ids]
+        due = [f for f in missing if f.missing_count + 1 >= rules.missing_grace]
+        present = sum(1 for f in stored.values() if f.present)
+        if not allow_mass_disappear and _trips_breaker(len(due), present, rules):
+            outcome, held = Outcome.HELD, len(due)
+        for gone in missing:
+            if not held and gone.missing_count + 1 >= rules.missing_grace:
+                disappearances.append(gone.file_id)
+                events.append(
+                    PlannedEvent(gone.file_id, EventKind.DISAPPEARED, gone.status, None, {})
+                )
+            else:
+                # Capped, so that a run held for days does not rewrite the same rows.
+                count = min(gone.missing_count + 1, rules.missing_grace)
+                if count != gone.missing_count:
+                    missing_counts.append((gone.file_id, count))
+
+    events.sort(key=lambda event: event.file_id)
+    return Plan(
+        outcome=outcome,
+        upserts=tuple(upserts),
+        missing_counts=tuple(sorted(missing_counts)),
+        disappearances=tuple(sorted(disappearances)),
+        events=tuple(events),
+        disappearances_held=held,
+    )
+
+
+def _event_for_listed(listed: ListedFile, old: StoredFile | None) -> PlannedEvent | None:
+    if old is None:
+        snapshot = {name: [None, _jsonable(getattr(listed, name))] for name in TRACKED_FIELDS}
+        return PlannedEvent(listed.file_id, EventKind.APPEARED, None, listed.status, snapshot)
+    changes = {
+        name: [_jsonable(getattr(old, name)), _jsonable(getattr(listed, name))]
+        for name in TRACKED_FIELDS
+        if getattr(old, name) != getattr(listed, name)
+    }
+    if not old.present:
+        kind = EventKind.REAPPEARED
+    elif "status" in changes:
+        kind = EventKind.STATUS_CHANGED
+    elif changes:
+        kind = EventKind.CHANGED
+    else:
+        return None
+    return PlannedEvent(listed.file_id, kind, old.status, listed.status, changes)
+
+
+def _trips_breaker(due: int, present: int, rules: SyncRules) -> bool:
+    return due >= rules.mass_disappear_min and due > rules.mass_disappear_fraction * present
+
+
+def _jsonable(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime) else value

