@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
@@ -170,7 +170,6 @@ def _engine(settings: Settings, *, migrate: bool = False) -> Iterator[sa.Engine]
         engine.dispose()
 
 
-def main() -> int:
+def main() -> NoReturn:
     """Console-script entry point."""
     cli.main(prog_name="syncer")
-    return EXIT_OK

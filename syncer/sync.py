@@ -131,8 +131,8 @@ def sync_source(
                 # The transaction is rolled back: nothing of this listing was applied.
                 message = f"writing the listing failed: {_describe(error)}"
                 log.exception("source %s: %s", source.name, message)
-                run_id = _record_failure(engine, source, started_at, clock(), message)
-                return finish(Outcome.FAILED, run_id, error=message)
+                failed_run = _record_failure(engine, source, started_at, clock(), message)
+                return finish(Outcome.FAILED, failed_run, error=message)
             for problem in listing.problems:
                 log.warning("source %s: skipped an unusable item: %s", source.name, problem)
             return finish(plan.outcome, run_id, _counts(plan, listing))

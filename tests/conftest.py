@@ -109,7 +109,7 @@ def policy() -> HttpPolicy:
         connect_timeout=2,
         read_timeout=5,
         request_deadline=10,
-        retry_budget=3,
+        retry_budget=1,
         wait_initial=0.05,
         wait_max=0.2,
     )

@@ -1,0 +1,235 @@
+"""Turning the items of a provider's listing into `ListedFile` values, or reasons not to.
+
+Pure: no I/O. Providers send odd things, and one odd item must never sink a listing:
+an unusable item is skipped, counted and described, and the listing becomes
+incomplete (a skipped file may still exist, so nothing may be marked disappeared).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from syncer.model import ListedFile, classify_status
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+MAX_PROBLEMS: Final = 20
+
+_INT64: Final = (-(2**63), 2**63 - 1)  # PostgreSQL bigint
+_INT32: Final = (-(2**31), 2**31 - 1)  # PostgreSQL integer
+# Unix seconds reach 1e11 only in the year 5138, so larger values are finer units.
+_MILLISECONDS_FROM: Final = 1e11
+_MICROSECONDS_FROM: Final = 1e14
+# PostgreSQL text and jsonb cannot store NUL, and UTF-8 cannot encode lone surrogates.
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+_PREVIEW_CHARS: Final = 40
+_JSON_TYPES: Final = (
+    (bool, "a boolean"),
+    (int | float, "a number"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "an object"),
+)
+
+
+class ParsedItems(NamedTuple):
+    """The usable files of a listing, and how many items were skipped and why."""
+
+    files: tuple[ListedFile, ...]
+    skipped: int
+    problems: tuple[str, ...]
+
+
+class _UnusableItemError(Exception):
+    """An item that cannot become a ListedFile; the message says why."""
+
+
+def parse_items(items: Sequence[object], *, reports_status: bool) -> ParsedItems:
+    """Validate and normalize the items of one listing, in the order listed.
+
+    `reports_status` says whether the provider has a status field at all; a provider
+    without one (SiliconFlow) gets status None and the `ready` class. Every item that
+    is not kept counts as skipped, so `len(files) + skipped == len(items)`; `problems`
+    describes them in short sentences, at most MAX_PROBLEMS of them plus a tally.
+    """
+    usable: list[ListedFile] = []
+    problems: list[str] = []
+    for position, item in enumerate(items):
+        try:
+            usable.append(_parse_item(item, reports_status=reports_status))
+        except _UnusableItemError as exc:
+            problems.append(f"item {position}{_id_hint(item)}: {exc}")
+    files, duplicate_problems = _drop_duplicates(usable)
+    problems.extend(duplicate_problems)
+    return ParsedItems(tuple(files), len(items) - len(files), _capped(problems))
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages about unexpected shapes."""
+    if value is None:
+        return "null"
+    # bool first: it is a subclass of int.
+    for python_type, name in _JSON_TYPES:
+        if isinstance(value, python_type):
+            return name
+    return type(value).__name__
+
+
+def _parse_item(item: object, *, reports_status: bool) -> ListedFile:
+    if not isinstance(item, dict):
+        raise _UnusableItemError(f"is {json_type(item)}, not an object")
+    if _has_unstorable_text(item):
+        raise _UnusableItemError(
+            "contains a NUL character or a lone surrogate, which PostgreSQL cannot store"
+        )
+    file_id = item.get("id")
+    if not isinstance(file_id, str) or not file_id:
+        raise _UnusableItemError(f"id is {_describe(file_id)}, not a non-empty string")
+    status = _optional_str(item, "status") if reports_status else None
+    line_count = item.get("line_count")
+    return ListedFile(
+        file_id=file_id,
+        filename=_required_str(item, "filename"),
+        purpose=_required_str(item, "purpose"),
+        bytes=_integer(item.get("bytes"), "bytes", _INT64),
+        line_count=None if line_count is None else _integer(line_count, "line_count", _INT32),
+        status=status,
+        status_details=_optional_str(item, "status_details") if reports_status else None,
+        status_class=classify_status(status, provider_reports_status=reports_status),
+        created_at=_created_at(item),
+        raw=item,
+    )
+
+
+def _has_unstorable_text(value: object) -> bool:
+    # Iterative, not recursive: the JSON parser allows nesting deep enough to exhaust
+    # the stack of a recursive walk.
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, str):
+            if _UNSTORABLE.search(current):
+                return True
+        elif isinstance(current, dict):
+            pending.extend(current.keys())
+            pending.extend(current.values())
+        elif isinstance(current, list):
+            pending.extend(current)
+    return False
+
+
+def _required_str(item: dict[str, Any], name: str) -> str:
+    value = item.get(name)
+    if not isinstance(value, str):
+        raise _UnusableItemError(f"{name} is {_describe(value)}, not a string")
+    return value
+
+
+def _optional_str(item: dict[str, Any], name: str) -> str | None:
+    value = item.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _UnusableItemError(f"{name} is {_describe(value)}, not a string or null")
+    return value
+
+
+def _integer(value: object, name: str, bounds: tuple[int, int]) -> int:
+    # Some JSON encoders write every number as a float: 806.0 is an integer.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _UnusableItemError(f"{name} is {_describe(value)}, not an integer")
+    low, high = bounds
+    if not low <= value <= high:
+        raise _UnusableItemError(f"{name} {_preview(value)} is out of range")
+    return value
+
+
+def _created_at(item: dict[str, Any]) -> datetime:
+    # SiliconFlow's upload response spells it createdAt; accept that spelling too.
+    value = item.get("created_at")
+    if value is None:
+        value = item.get("createdAt")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _UnusableItemError(f"created_at is {_describe(value)}, not a number")
+    created_at = _from_unix_time(value)
+    if created_at is None:
+        raise _UnusableItemError(f"created_at {_preview(value)} is out of range")
+    return created_at
+
+
+def _from_unix_time(value: float) -> datetime | None:
+    """Unix seconds, milliseconds or microseconds as a UTC datetime; None if impossible."""
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    if seconds >= _MICROSECONDS_FROM:
+        seconds /= 1_000_000
+    elif seconds >= _MILLISECONDS_FROM:
+        seconds /= 1_000
+    if seconds < 0:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, ValueError, OSError):  # infinity, or past the year 9999
+        return None
+
+
+def _drop_duplicates(files: list[ListedFile]) -> tuple[list[ListedFile], list[str]]:
+    """Keep one of identical copies of an id; keep none of conflicting ones.
+
+    When the copies differ there is no telling which one is true.
+    """
+    copies_by_id: defaultdict[str, list[ListedFile]] = defaultdict(list)
+    for file in files:
+        copies_by_id[file.file_id].append(file)
+    kept: list[ListedFile] = []
+    problems: list[str] = []
+    for file_id, copies in copies_by_id.items():
+        first, *others = copies
+        if not others:
+            kept.append(first)
+        elif all(other.raw == first.raw for other in others):
+            kept.append(first)
+            problems.append(
+                f"id {_preview(file_id)} listed {len(copies)} times; kept one identical copy"
+            )
+        else:
+            problems.append(
+                f"id {_preview(file_id)} listed {len(copies)} times with different contents; "
+                "skipped every copy"
+            )
+    return kept, problems
+
+
+def _capped(problems: list[str]) -> tuple[str, ...]:
+    if len(problems) <= MAX_PROBLEMS:
+        return tuple(problems)
+    return (*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more")
+
+
+def _id_hint(item: object) -> str:
+    file_id = item.get("id") if isinstance(item, dict) else None
+    return f" (id {_preview(file_id)})" if isinstance(file_id, str) and file_id else ""
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return f"{json_type(value)} {_preview(value)}"
+    return json_type(value)
+
+
+def _preview(value: str | float) -> str:
+    """A short repr: problems are logged and stored, and items may hold huge values.
+
+    repr() also escapes NUL, lone surrogates and control characters.
+    """
+    if isinstance(value, str):
+        cut = value[:_PREVIEW_CHARS]
+        return repr(cut) + ("..." if len(value) > _PREVIEW_CHARS else "")
+    text = repr(value)
+    return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "..."
