@@ -8,14 +8,16 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, NoReturn
 
 import click
+import stamina
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.config import Settings, load_settings
-from syncer.db.engine import create_db_engine, database_url
+from syncer.db.engine import create_db_engine, database_url, describe_db_error
 from syncer.db.migrate import pending_revision, upgrade_to_head
 from syncer.errors import ConfigError, DatabaseUnavailableError, ProviderError, SourceBusyError
 from syncer.logs import configure_logging
 from syncer.model import Outcome
+from syncer.providers.http import log_retry
 from syncer.redaction import redact
 
 if TYPE_CHECKING:
@@ -145,15 +147,15 @@ def demo(steps: int, pause: float) -> None:
     """The whole loop with no keys and no setup: a simulated provider and a database."""
     from syncer.demo import run_demo  # noqa: PLC0415 - the simulator is only needed here
 
-    settings = load_settings()
     # The demo prints every sync's summary itself; logs would only repeat them.
-    configure_logging(settings.log_format, "WARNING")
+    settings = _settings(log_level="WARNING")
     sys.exit(run_demo(settings, steps=steps, pause=pause))
 
 
-def _settings(*, need_sources: bool = False) -> Settings:
+def _settings(*, need_sources: bool = False, log_level: str | None = None) -> Settings:
     settings = load_settings()
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, log_level or settings.log_level)
+    stamina.instrumentation.set_on_retry_hooks([log_retry])
     if need_sources and not settings.sources:
         raise ConfigError(
             "no sources configured: set SILICONFLOW_API_KEY, MOONSHOT_API_KEY or SYNCER_CONFIG"
@@ -168,6 +170,10 @@ def _engine(settings: Settings, *, migrate: bool = False) -> Iterator[sa.Engine]
         if migrate:
             upgrade_to_head(engine)
         yield engine
+    except SQLAlchemyError as error:
+        raise DatabaseUnavailableError(
+            f"database unavailable: {describe_db_error(error)}"
+        ) from None
     finally:
         engine.dispose()
 

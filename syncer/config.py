@@ -7,6 +7,7 @@ wrapped in `Secret` the moment they are read.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -14,13 +15,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import platformdirs
 from dotenv import dotenv_values
 
 from syncer.errors import ConfigError
-from syncer.redaction import Secret
+from syncer.redaction import Secret, register_secret
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -118,6 +119,8 @@ def load_settings(
     """
     env = _Environment(environ if environ is not None else os.environ, env_file)
     database_url = env.secret("SYNCER_DATABASE_URL") or env.secret("DATABASE_URL")
+    if database_url is not None:
+        _register_password(database_url)
     interval = env.duration("SYNCER_INTERVAL", 300.0)
     allow_insecure = env.flag("SYNCER_ALLOW_INSECURE_HTTP")
     sources = _env_sources(env, interval) + _toml_sources(env, interval)
@@ -391,6 +394,15 @@ def _check_transport_security(source: SourceConfig, *, allow_insecure: bool) -> 
             f"source {source.name!r}: refusing to send its API key over plain http to "
             f"{parts.hostname}; use https, or set SYNCER_ALLOW_INSECURE_HTTP=1"
         )
+
+
+def _register_password(url: Secret) -> None:
+    # The whole URL is a secret already; a driver error may quote the password alone.
+    with contextlib.suppress(ValueError):
+        password = urlsplit(url.reveal()).password
+        if password:
+            register_secret(password)
+            register_secret(unquote(password))
 
 
 def _alert_urls(env: _Environment) -> tuple[Secret, ...]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.db import store
+from syncer.db.engine import describe_db_error
 from syncer.diff import plan_sync
 from syncer.errors import DatabaseUnavailableError, ProviderError
 from syncer.model import EventKind, Outcome
@@ -129,7 +130,7 @@ def sync_source(
                     run_id = store.apply_plan(conn, plan, record, observed_at=observed_at)
             except SQLAlchemyError as error:
                 # The transaction is rolled back: nothing of this listing was applied.
-                message = f"writing the listing failed: {_describe(error)}"
+                message = f"writing the listing failed: {describe_db_error(error)}"
                 log.exception("source %s: %s", source.name, message)
                 failed_run = _record_failure(engine, source, started_at, clock(), message)
                 return finish(Outcome.FAILED, failed_run, error=message)
@@ -138,7 +139,7 @@ def sync_source(
             return finish(plan.outcome, run_id, _counts(plan, listing))
     except SQLAlchemyError as error:
         raise DatabaseUnavailableError(
-            f"source {source.name!r}: database unavailable: {_describe(error)}"
+            f"source {source.name!r}: database unavailable: {describe_db_error(error)}"
         ) from error
 
 
@@ -193,13 +194,6 @@ def _counts(plan: Plan, listing: Listing) -> dict[str, int]:
         "reappeared": plan.count(EventKind.REAPPEARED),
         "disappearances_held": plan.disappearances_held,
     }
-
-
-def _describe(error: SQLAlchemyError) -> str:
-    # The driver's own message, without SQLAlchemy's statement dump (which could hold
-    # listed data) and without anything that looks like a registered secret.
-    original = getattr(error, "orig", None) or error
-    return redact(f"{type(original).__name__}: {str(original).strip().splitlines()[0]}")
 
 
 def _log_result(result: RunResult) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -212,6 +213,8 @@ def test_a_passing_fault_is_retried_and_the_sync_succeeds(engine, env, simulator
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert simulator.request_count("moonshot") == 2
+    assert "source 'moonshot'" in result.stderr
+    assert "; retry 1 in" in result.stderr
     assert present_ids(engine, "moonshot") == listed_ids(simulator, "moonshot")
 
 
@@ -247,6 +250,20 @@ def test_bad_configuration_exits_2_with_one_line(env, tmp_path, extra, named):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert named in lines[0]
+
+
+def test_unreachable_database_is_one_line_without_the_password(env, tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env["SYNCER_DATABASE_URL"] = f"postgresql://syncer:hunter2-Pa55@127.0.0.1:{port}/syncer"
+
+    result = syncer("migrate", env=env, cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("syncer: database unavailable: OperationalError")
+    assert "Traceback" not in result.stderr
+    assert "hunter2-Pa55" not in result.stdout + result.stderr
 
 
 def test_unknown_source_is_bad_usage(env, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 
 from syncer.config import load_settings, parse_duration
 from syncer.errors import ConfigError
+from syncer.redaction import redact
 
 KEY = "sk-config-test-key-0123456789"
 
@@ -199,3 +200,11 @@ def test_alert_urls_split_on_commas_and_spaces():
         "slack://t/b",
         "mailto://c",
     ]
+
+
+def test_the_database_password_alone_is_redacted_too():
+    load({"SYNCER_DATABASE_URL": "postgresql://syncer:s3cr%40t-pw@db.test/syncer"})
+
+    assert redact("connection failed: password s3cr@t-pw rejected") == (
+        "connection failed: password *** rejected"
+    )

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from psycopg import sql
 
 from syncer.errors import ConfigError, DatabaseUnavailableError
-from syncer.redaction import Secret
+from syncer.redaction import Secret, redact
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,6 +98,17 @@ def start_embedded(data_dir: Path, *, throwaway: bool = False) -> Secret:
         EMBEDDED_DATABASE,
     )
     return Secret(url)
+
+
+def describe_db_error(error: Exception) -> str:
+    """The driver's own first line, without SQLAlchemy's statement dump.
+
+    The dump could hold listed data; the redaction drops anything that looks like a
+    registered secret (a password in a connection error, say).
+    """
+    original = getattr(error, "orig", None) or error
+    first_line = (str(original).strip().splitlines() or [""])[0]
+    return redact(f"{type(original).__name__}: {first_line}")
 
 
 def _ensure_database(admin_url: str, name: str) -> None:

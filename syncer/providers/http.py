@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -28,9 +29,12 @@ from syncer.redaction import redact
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from stamina.instrumentation import RetryDetails
+
     from syncer.config import HttpPolicy, SourceConfig
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 EXCERPT_CHARS: Final = 200
 # Error bodies are read only to be quoted: at most this much of one (bytes, or
@@ -340,6 +344,15 @@ class _RetryBudget:
             f"{error} (gave up after {tried} "
             f"within the {self._policy.retry_budget:g} s retry budget)"
         )
+
+
+def log_retry(details: RetryDetails) -> None:
+    """A stamina retry hook: one log line per retry, naming the source and the cause.
+
+    stamina's own hook logs only its event name; the cause is a ProviderError whose
+    message already names the source and is redacted.
+    """
+    log.warning("%s; retry %d in %.1f s", details.caused_by, details.retry_num, details.wait_for)
 
 
 def call_with_retries(fetch: Callable[[], T], policy: HttpPolicy) -> T:
