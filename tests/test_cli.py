@@ -305,14 +305,7 @@ def test_every_command_has_help(env, tmp_path):
 def test_run_syncs_every_interval_and_stops_cleanly_on_sigterm(engine, env, simulator, tmp_path):
     simulator.add_files("moonshot", 2, status="processing")
     simulator.set_persistent_fault("siliconflow", Fault.status(401))
-    service = subprocess.Popen(
-        [sys.executable, "-m", "syncer", "run"],
-        env={**env, "SYNCER_INTERVAL": "1s"},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    service = start_service(env, tmp_path)
     try:
         wait_for(lambda: count_runs(engine, "moonshot") >= 2, service)
         simulator.step("moonshot")
@@ -331,14 +324,7 @@ def test_run_syncs_every_interval_and_stops_cleanly_on_sigterm(engine, env, simu
 def test_run_survives_a_database_outage(engine, env, database_url, simulator, tmp_path):
     simulator.add_files("moonshot", 1, status="ok")
     env = {k: v for k, v in env.items() if not k.startswith("SILICONFLOW_")}
-    service = subprocess.Popen(
-        [sys.executable, "-m", "syncer", "run"],
-        env={**env, "SYNCER_INTERVAL": "1s"},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    service = start_service(env, tmp_path)
     name = sa.make_url(database_url).database
     try:
         wait_for(lambda: count_runs(engine, "moonshot") >= 1, service)
@@ -397,6 +383,18 @@ def test_without_a_database_url_syncer_uses_the_embedded_server(env, tmp_path):
     assert str(tmp_path / "data") in migrated.stderr
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert (tmp_path / "data" / "pgdata" / "PG_VERSION").is_file()
+
+
+def start_service(env: dict[str, str], cwd) -> subprocess.Popen[str]:
+    """`syncer run` syncing every second."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "syncer", "run"],
+        env={**env, "SYNCER_INTERVAL": "1s"},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def count_runs(engine, source: str, outcome: str | None = None) -> int:

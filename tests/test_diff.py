@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from syncer.config import SyncRules
-from syncer.diff import StoredFile, plan_sync
+from syncer.diff import TRACKED_FIELDS, StoredFile, plan_sync
 from syncer.model import EventKind, ListedFile, Listing, Outcome, StatusClass
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -35,19 +35,7 @@ def listed(file_id: str, status: str | None = "ok", **fields: object) -> ListedF
 
 def stored(file_id: str, status: str | None = "ok", **fields: object) -> StoredFile:
     item = listed(file_id, status)
-    values: dict[str, object] = {
-        name: getattr(item, name)
-        for name in (
-            "file_id",
-            "filename",
-            "purpose",
-            "bytes",
-            "line_count",
-            "status",
-            "status_details",
-            "created_at",
-        )
-    }
+    values: dict[str, object] = {name: getattr(item, name) for name in ("file_id", *TRACKED_FIELDS)}
     values.update(fields)
     return StoredFile(**values)  # type: ignore[arg-type]
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 _LOCK_KEY = sa.func.hashtextextended(sa.literal("syncer.source:") + sa.bindparam("source"), 0)
 _LOCK_NOT_AVAILABLE = "55P03"
+# Columns an upsert never overwrites: the key, and when the file was first seen.
+_SET_ONCE_COLUMNS = frozenset({"source", "file_id", "provider", "first_seen_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,23 +160,10 @@ def _upsert_files(
     conn: sa.Connection, run: RunRecord, listed: tuple[ListedFile, ...], observed_at: datetime
 ) -> None:
     statement = insert(files)
-    # first_seen_at is deliberately absent from the update: it is set once, on insert.
     updated = {
-        name: statement.excluded[name]
-        for name in (
-            "filename",
-            "purpose",
-            "bytes",
-            "line_count",
-            "status",
-            "status_details",
-            "status_class",
-            "created_at",
-            "changed_at",
-            "deleted_at",
-            "raw",
-            "missing_count",
-        )
+        column.name: statement.excluded[column.name]
+        for column in files.columns
+        if column.name not in _SET_ONCE_COLUMNS
     }
     conn.execute(
         statement.on_conflict_do_update(index_elements=["source", "file_id"], set_=updated),
