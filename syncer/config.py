@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -100,7 +100,6 @@ class Settings:
     lock_timeout: float = 30.0
     log_format: str | None = None  # None: console on a terminal, else json
     log_level: str = "INFO"
-    extra_secrets: tuple[Secret, ...] = field(default=())
 
     def source(self, name: str) -> SourceConfig:
         for source in self.sources:

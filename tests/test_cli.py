@@ -265,6 +265,12 @@ def test_unreachable_database_is_one_line_without_the_password(env, tmp_path):
     assert "Traceback" not in result.stderr
     assert "hunter2-Pa55" not in result.stdout + result.stderr
 
+    checked = syncer("check", env=env, cwd=tmp_path)
+    assert checked.returncode == 1
+    assert "database: database unavailable: OperationalError" in checked.stdout
+    assert "source moonshot: ok" in checked.stdout  # the other checks still run
+    assert "hunter2-Pa55" not in checked.stdout + checked.stderr
+
 
 def test_unknown_source_is_bad_usage(env, tmp_path):
     result = syncer("sync", "--source", "nope", env=env, cwd=tmp_path)
