@@ -14,11 +14,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from syncer.config import Settings, load_settings
 from syncer.db.engine import create_db_engine, database_url, describe_db_error
 from syncer.db.migrate import pending_revision, upgrade_to_head
+from syncer.demo import run_demo
 from syncer.errors import ConfigError, DatabaseUnavailableError, ProviderError, SourceBusyError
 from syncer.logs import configure_logging
 from syncer.model import Outcome
+from syncer.providers import fetch_listing
 from syncer.providers.http import log_retry
 from syncer.redaction import redact
+from syncer.service import run_service
+from syncer.sync import sync_source
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -71,8 +75,6 @@ def sync(source_names: tuple[str, ...], *, allow_mass_disappear: bool, no_migrat
 
     Exits 0 when every source is `ok`, 1 when any is not, 2 on bad usage or settings.
     """
-    from syncer.sync import sync_source  # noqa: PLC0415 - keeps `--help` fast
-
     settings = _settings(need_sources=True)
     sources = [settings.source(name) for name in source_names] or list(settings.sources)
     all_ok = True
@@ -98,8 +100,6 @@ def sync(source_names: tuple[str, ...], *, allow_mass_disappear: bool, no_migrat
 @cli.command()
 def check() -> None:
     """Check the settings, the database and every source; say what is wrong."""
-    from syncer.providers import fetch_listing  # noqa: PLC0415 - keeps `--help` fast
-
     settings = _settings()
     problems = 0
     click.echo(f"settings: ok ({len(settings.sources)} sources)")
@@ -134,8 +134,6 @@ def check() -> None:
 @click.option("--no-migrate", is_flag=True, help="Do not migrate the database at start.")
 def run(*, no_migrate: bool) -> None:
     """Run the service: sync every source now and then every interval, until SIGTERM."""
-    from syncer.service import run_service  # noqa: PLC0415 - keeps `--help` fast
-
     settings = _settings(need_sources=True)
     with _engine(settings, migrate=not no_migrate) as engine:
         sys.exit(run_service(settings, engine))
@@ -146,8 +144,6 @@ def run(*, no_migrate: bool) -> None:
 @click.option("--pause", default=1.0, show_default=True, help="Seconds between rounds.")
 def demo(steps: int, pause: float) -> None:
     """The whole loop with no keys and no setup: a simulated provider and a database."""
-    from syncer.demo import run_demo  # noqa: PLC0415 - the simulator is only needed here
-
     # The demo prints every sync's summary itself; logs would only repeat them.
     settings = _settings(log_level="WARNING")
     sys.exit(run_demo(settings, steps=steps, pause=pause))

@@ -22,8 +22,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_text or record.exc_info:
-            entry["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+        # RedactingFilter has already put the redacted traceback in exc_text.
+        exception = record.exc_text or (
+            self.formatException(record.exc_info) if record.exc_info else None
+        )
+        if exception:
+            entry["exception"] = exception
         return json.dumps(entry, ensure_ascii=False)
 
 

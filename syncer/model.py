@@ -6,7 +6,7 @@ stored in the database and users write SQL against them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +90,7 @@ class Listing:
     files: tuple[ListedFile, ...]
     truncated: bool = False
     skipped: int = 0
-    problems: tuple[str, ...] = field(default=())
+    problems: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:

@@ -53,7 +53,8 @@ def create_db_engine(url: Secret, *, lock_timeout: float) -> sa.Engine:
         pool_pre_ping=True,
         pool_size=2,
         max_overflow=4,
-        # Engines print their URL in reprs and some errors; the password must not show.
+        # Errors would otherwise quote the statement's parameters: listed data, which
+        # can be huge.
         hide_parameters=True,
         connect_args={
             "application_name": "syncer",
@@ -66,7 +67,6 @@ def create_db_engine(url: Secret, *, lock_timeout: float) -> sa.Engine:
 def database_url(settings: Settings) -> Secret:
     """The configured database URL, or the embedded server's (started on demand)."""
     if settings.database_url is not None:
-        normalize_url(settings.database_url.reveal())
         return settings.database_url
     return start_embedded(settings.data_dir)
 

@@ -7,7 +7,7 @@ caller decides what commits together.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -76,20 +76,8 @@ def source_lock(conn: sa.Connection, source: str) -> Iterator[None]:
 
 def load_state(conn: sa.Connection, source: str) -> dict[str, StoredFile]:
     """The compared columns of every file of `source`, present or gone."""
-    rows = conn.execute(
-        sa.select(
-            files.c.file_id,
-            files.c.filename,
-            files.c.purpose,
-            files.c.bytes,
-            files.c.line_count,
-            files.c.status,
-            files.c.status_details,
-            files.c.created_at,
-            files.c.deleted_at,
-            files.c.missing_count,
-        ).where(files.c.source == source)
-    )
+    columns = [files.c[field.name] for field in fields(StoredFile)]
+    rows = conn.execute(sa.select(*columns).where(files.c.source == source))
     return {row.file_id: StoredFile(**row._asdict()) for row in rows}
 
 
