@@ -22,7 +22,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from syncer.model import EventKind, Outcome, StatusClass
 
@@ -136,6 +136,8 @@ alerts = Table(
     _timestamp("next_attempt_at"),
     _timestamp("sent_at", nullable=True),
     Column("last_error", Text, nullable=True),
+    # Apprise URL ids (hashes) of the targets that accepted it: a retry skips them.
+    Column("delivered_to", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
     CheckConstraint(_one_of("state", ["pending", "sent", "dead"]), name="state"),
     Index(None, "state", "next_attempt_at"),
 )
