@@ -73,6 +73,7 @@ sync_runs = Table(
     Column("error", Text, nullable=True),
     CheckConstraint(_one_of("outcome", [o.value for o in Outcome]), name="outcome"),
     Index(None, "source", "id"),
+    Index(None, "started_at"),
 )
 
 files = Table(
@@ -98,6 +99,13 @@ files = Table(
     _counter("missing_count"),
     PrimaryKeyConstraint("source", "file_id"),
     CheckConstraint(_one_of("status_class", [c.value for c in StatusClass]), name="status_class"),
+    # Reports ask about present files by class (failed_files); gone files never match.
+    Index(
+        "ix_files_present_status_class",
+        "status_class",
+        "source",
+        postgresql_where=text("deleted_at IS NULL"),
+    ),
 )
 
 file_events = Table(
@@ -115,6 +123,8 @@ file_events = Table(
     Column("changes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     CheckConstraint(_one_of("kind", [k.value for k in EventKind]), name="kind"),
     Index(None, "source", "file_id", "id"),
+    Index(None, "occurred_at"),
+    Index(None, "kind", "occurred_at"),
 )
 
 # The notification outbox: written in the same transaction as the change that
