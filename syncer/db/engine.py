@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import psycopg
 import sqlalchemy as sa
+import stamina
 from psycopg import sql
+from sqlalchemy.exc import OperationalError
 
 from syncer.errors import ConfigError, DatabaseUnavailableError
 from syncer.redaction import Secret, redact
@@ -25,6 +28,10 @@ EMBEDDED_DATABASE = "syncer"
 _STATEMENT_TIMEOUT_MS = 300_000
 # A transaction left open by a bug or a hung client must not hold locks forever.
 _IDLE_IN_TRANSACTION_TIMEOUT_MS = 600_000
+# Waiting for a database that is still starting: the first retry comes soon, later
+# ones no more often than every few seconds.
+_DB_WAIT_INITIAL = 0.5
+_DB_WAIT_MAX = 5.0
 
 
 def normalize_url(url: str) -> str:
@@ -62,6 +69,58 @@ def create_db_engine(url: Secret, *, lock_timeout: float) -> sa.Engine:
             "options": options,
         },
     )
+
+
+class _DatabaseNotReadyError(Exception):
+    """One failed connection attempt while waiting; its message is the retry log line."""
+
+    def __init__(self, where: str, cause: str) -> None:
+        super().__init__(f"waiting for the database at {where}: {cause}")
+        self.cause = cause
+
+
+def wait_for_database(engine: sa.Engine, *, timeout: float) -> None:
+    """Return once `engine` connects; until then retry with backoff for `timeout` seconds.
+
+    Containers start next to a database that may still be initializing, so a refused
+    connection at start is worth waiting out rather than crash-looping. At connect time
+    libpq gives no SQLSTATE to tell a database that is not there yet from one that
+    never will be, so every connection failure is retried; the wait is bounded (the
+    last backoff may end up to about `_DB_WAIT_MAX` seconds after `timeout`).
+    Each retry is logged by the retry hook `syncer.cli` installs, as "waiting for the
+    database at <url, password masked>: <cause>; retry N in S s". `timeout` 0 tries once.
+
+    Raises DatabaseUnavailableError with the last cause when the time is up.
+    """
+    where = redact(engine.url.set(drivername="postgresql").render_as_string(hide_password=True))
+    attempts, started = 0, time.monotonic()
+    try:
+        for attempt in stamina.retry_context(
+            on=_DatabaseNotReadyError,
+            attempts=1 if timeout == 0 else None,
+            timeout=timeout or None,
+            wait_initial=_DB_WAIT_INITIAL,
+            wait_max=_DB_WAIT_MAX,
+        ):
+            with attempt:
+                attempts = attempt.num
+                _try_connect(engine, where)
+    except _DatabaseNotReadyError as error:
+        waited = ""
+        if timeout:
+            seconds = time.monotonic() - started
+            tried = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+            waited = f" (gave up after {tried} in {seconds:.0f} s; SYNCER_DB_WAIT={timeout:g})"
+        raise DatabaseUnavailableError(f"database unavailable: {error.cause}{waited}") from None
+
+
+def _try_connect(engine: sa.Engine, where: str) -> None:
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as error:
+        # `from None`: the chained driver error would only repeat the cause.
+        raise _DatabaseNotReadyError(where, describe_db_error(error)) from None
 
 
 def database_url(settings: Settings) -> Secret:
