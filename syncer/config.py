@@ -88,6 +88,20 @@ class SyncRules:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertPolicy:
+    """How the dispatcher delivers alerts.
+
+    A failed delivery waits `backoff_initial`, then twice as long each time up to
+    `backoff_max`; after `max_attempts` the alert is `dead`, with its last error.
+    """
+
+    dispatch_interval: float = 5.0
+    backoff_initial: float = 10.0
+    backoff_max: float = 3600.0
+    max_attempts: int = 12
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database_url: Secret | None
     data_dir: Path
@@ -95,6 +109,7 @@ class Settings:
     rules: SyncRules
     http: HttpPolicy
     alert_urls: tuple[Secret, ...] = ()
+    alerts: AlertPolicy = AlertPolicy()
     http_host: str = "0.0.0.0"  # noqa: S104 - the service is meant to be scraped from outside its container
     http_port: int = 8080
     lock_timeout: float = 30.0
@@ -140,6 +155,11 @@ def load_settings(
             retry_budget=env.duration("SYNCER_RETRY_TIMEOUT", 120.0),
         ),
         alert_urls=_alert_urls(env),
+        alerts=AlertPolicy(
+            dispatch_interval=env.duration("SYNCER_ALERT_DISPATCH_INTERVAL", 5.0),
+            backoff_initial=env.duration("SYNCER_ALERT_BACKOFF", 10.0),
+            max_attempts=env.integer("SYNCER_ALERT_MAX_ATTEMPTS", 12, minimum=1),
+        ),
         http_host=env.get("SYNCER_HTTP_HOST") or "0.0.0.0",  # noqa: S104 - see Settings
         http_port=env.integer("SYNCER_HTTP_PORT", 8080, minimum=0, maximum=65535),
         lock_timeout=env.duration("SYNCER_LOCK_TIMEOUT", 30.0),

@@ -1,7 +1,7 @@
 """One sync of one source, top to bottom:
 
     lock the source -> fetch the listing -> (one transaction: read the stored state,
-    plan, write rows + events + run record) -> unlock
+    plan, write rows + events + run record + alerts) -> unlock
 
 A failed listing is recorded as a `failed` run and changes nothing else. Any failure
 while writing rolls the whole transaction back (the previous state stays) and is
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncer.db import store
+from syncer.alerts import alerts_for_failed_run, alerts_for_run
+from syncer.db import outbox, store
 from syncer.db.engine import describe_db_error
 from syncer.diff import plan_sync
 from syncer.errors import DatabaseUnavailableError, ProviderError
@@ -106,14 +107,13 @@ def sync_source(
             except ProviderError as error:
                 message = redact(str(error))
                 with conn.begin():
-                    run_id = store.insert_run(
-                        conn, _run_record(source, started_at, clock(), Outcome.FAILED, message)
-                    )
+                    run_id = _insert_failed_run(conn, source, started_at, clock(), message)
                 return finish(Outcome.FAILED, run_id, error=message)
 
             observed_at = clock()
             try:
                 with conn.begin():
+                    history = outbox.source_history(conn, source.name)
                     stored = store.load_state(conn, source.name)
                     plan = plan_sync(
                         listing, stored, rules, allow_mass_disappear=allow_mass_disappear
@@ -128,6 +128,15 @@ def sync_source(
                         items_skipped=listing.skipped,
                     )
                     run_id = store.apply_plan(conn, plan, record, observed_at=observed_at)
+                    raised = alerts_for_run(
+                        source.name,
+                        source.provider,
+                        run_id,
+                        plan,
+                        history,
+                        observed_at=observed_at,
+                    )
+                    outbox.insert_alerts(conn, raised, sync_run_id=run_id, now=observed_at)
             except SQLAlchemyError as error:
                 # The transaction is rolled back: nothing of this listing was applied.
                 message = f"writing the listing failed: {describe_db_error(error)}"
@@ -175,12 +184,28 @@ def _record_failure(
     """Best effort: when the database itself is the problem, this fails too."""
     try:
         with engine.begin() as conn:
-            return store.insert_run(
-                conn, _run_record(source, started_at, finished_at, Outcome.FAILED, message)
-            )
+            return _insert_failed_run(conn, source, started_at, finished_at, message)
     except SQLAlchemyError:
         log.warning("source %s: could not record the failed run either", source.name)
         return None
+
+
+def _insert_failed_run(
+    conn: sa.Connection,
+    source: SourceConfig,
+    started_at: datetime,
+    finished_at: datetime,
+    message: str,
+) -> int:
+    """Record a failed run, and the alert when it makes the source's failure streak."""
+    history = outbox.source_history(conn, source.name)
+    record = _run_record(source, started_at, finished_at, Outcome.FAILED, message)
+    run_id = store.insert_run(conn, record)
+    raised = alerts_for_failed_run(
+        source.name, source.provider, run_id, history, error=message, observed_at=finished_at
+    )
+    outbox.insert_alerts(conn, raised, sync_run_id=run_id, now=finished_at)
+    return run_id
 
 
 def _counts(plan: Plan, listing: Listing) -> dict[str, int]:
@@ -198,4 +223,11 @@ def _counts(plan: Plan, listing: Listing) -> dict[str, int]:
 
 def _log_result(result: RunResult) -> None:
     level = logging.INFO if result.outcome is Outcome.OK else logging.WARNING
-    log.log(level, "%s", result.summary())
+    fields = {
+        "source": result.source,
+        "run_id": result.run_id,
+        "outcome": result.outcome.value,
+        "duration_seconds": round(result.seconds, 3),
+        "counts": dict(result.counts),
+    }
+    log.log(level, "%s", result.summary(), extra=fields)

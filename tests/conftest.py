@@ -21,6 +21,7 @@ from syncer.config import HttpPolicy, SourceConfig, SyncRules
 from syncer.db.engine import create_db_engine
 from syncer.db.migrate import upgrade_to_head
 from syncer.redaction import Secret
+from syncer.simulator import Simulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -117,3 +118,32 @@ def policy() -> HttpPolicy:
 
 def make_source(name: str, provider: str, base_url: str, key: str) -> SourceConfig:
     return SourceConfig(name=name, provider=provider, api_key=Secret(key), base_url=base_url)
+
+
+@pytest.fixture
+def simulator():
+    """Both providers, simulated on loopback."""
+    with Simulator(seed=11) as sim:
+        yield sim
+
+
+@pytest.fixture
+def env(engine, database_url, simulator, tmp_path) -> dict[str, str]:
+    """A clean environment: the test database and both simulated accounts."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SYNCER_", "SILICONFLOW_", "MOONSHOT_"))
+    }
+    return {
+        **base,
+        "SYNCER_DATABASE_URL": database_url,
+        "SYNCER_DATA_DIR": str(tmp_path / "data"),
+        "SYNCER_RETRY_TIMEOUT": "2",
+        "SYNCER_LOG_FORMAT": "json",
+        "SYNCER_HTTP_PORT": "0",  # tests that want HTTP pick a free port
+        "SILICONFLOW_API_KEY": simulator.api_key("siliconflow"),
+        "SILICONFLOW_BASE_URL": simulator.base_url("siliconflow"),
+        "MOONSHOT_API_KEY": simulator.api_key("moonshot"),
+        "MOONSHOT_BASE_URL": simulator.base_url("moonshot"),
+    }
