@@ -7,13 +7,19 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from syncer.redaction import RedactingFilter
+from syncer.redaction import RedactingFilter, redact
 
 _CONSOLE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# What every LogRecord has; anything else on a record came from `extra=` and is data.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the fields log shippers expect."""
+    """One JSON object per line, with the fields log shippers expect.
+
+    Fields passed with `extra=` (source, run_id, outcome, duration_seconds, counts,
+    alert_id) become top-level keys, so a log pipeline can filter on them.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -28,7 +34,11 @@ class JsonFormatter(logging.Formatter):
         )
         if exception:
             entry["exception"] = exception
-        return json.dumps(entry, ensure_ascii=False)
+        entry.update(
+            {name: value for name, value in vars(record).items() if name not in _RECORD_ATTRIBUTES}
+        )
+        # Fields from `extra=` did not pass through the message filter: mask them here.
+        return redact(json.dumps(entry, ensure_ascii=False, default=str))
 
 
 def configure_logging(log_format: str | None, level: str) -> None:
