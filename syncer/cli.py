@@ -11,23 +11,44 @@ import click
 import stamina
 from sqlalchemy.exc import SQLAlchemyError
 
+from syncer.alerts import TEST_MESSAGE
 from syncer.config import Settings, load_settings
-from syncer.db.engine import create_db_engine, database_url, describe_db_error
+from syncer.db import outbox
+from syncer.db.engine import (
+    create_db_engine,
+    database_url,
+    describe_db_error,
+    wait_for_database,
+)
 from syncer.db.migrate import pending_revision, upgrade_to_head
+from syncer.delivery import build_targets, dispatch_due, send_test
 from syncer.demo import run_demo
 from syncer.errors import ConfigError, DatabaseUnavailableError, ProviderError, SourceBusyError
 from syncer.logs import configure_logging
-from syncer.model import Outcome
+from syncer.model import EventKind, Outcome, StatusClass
 from syncer.providers import fetch_listing
 from syncer.providers.http import log_retry
 from syncer.redaction import redact
+from syncer.reports import (
+    Filters,
+    Format,
+    Report,
+    events_report,
+    files_report,
+    print_report,
+    runs_report,
+)
+from syncer.reports import options as report_options
 from syncer.service import run_service
 from syncer.sync import sync_source
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from datetime import datetime
 
     import sqlalchemy as sa
+
+    from syncer.delivery import Target
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _CHECK_RETRY_BUDGET = 15.0
@@ -102,7 +123,8 @@ def check() -> None:
     """Check the settings, the database and every source; say what is wrong."""
     settings = _settings()
     problems = 0
-    click.echo(f"settings: ok ({len(settings.sources)} sources)")
+    targets = build_targets(settings.alert_urls)
+    click.echo(f"settings: ok ({len(settings.sources)} sources, {len(targets)} alert targets)")
     if not settings.sources:
         click.echo(
             "sources: none configured (set SILICONFLOW_API_KEY, MOONSHOT_API_KEY or SYNCER_CONFIG)"
@@ -135,8 +157,58 @@ def check() -> None:
 def run(*, no_migrate: bool) -> None:
     """Run the service: sync every source now and then every interval, until SIGTERM."""
     settings = _settings(need_sources=True)
+    targets = build_targets(settings.alert_urls)
     with _engine(settings, migrate=not no_migrate) as engine:
-        sys.exit(run_service(settings, engine))
+        sys.exit(run_service(settings, engine, targets=targets))
+
+
+@cli.group()
+def alerts() -> None:
+    """Alert delivery: test the targets, list recent alerts, deliver due ones now."""
+
+
+@alerts.command("test")
+def alerts_test() -> None:
+    """Send a test notification to every SYNCER_ALERT_URLS target; report each."""
+    targets = _targets(_settings())
+    deliveries = send_test(targets, TEST_MESSAGE)
+    for delivery in deliveries:
+        click.echo(f"{delivery.target}: {'ok' if delivery.ok else delivery.error}")
+    sys.exit(EXIT_OK if all(d.ok for d in deliveries) else EXIT_FAILED)
+
+
+@alerts.command("list")
+@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
+@click.option("--state", type=click.Choice(outbox.STATES), help="Only alerts in this state.")
+def alerts_list(limit: int, state: str | None) -> None:
+    """Show recent alerts and their delivery state."""
+    with _engine(_settings()) as engine, engine.connect() as conn:
+        rows = outbox.recent(conn, limit=limit, state=state)
+    for alert in rows:
+        line = (
+            f"{alert.created_at:%Y-%m-%d %H:%M:%S%z} {alert.state:<7} "
+            f"attempts={alert.attempts} {alert.alert_key}"
+        )
+        if alert.last_error:
+            line += f"  last error: {alert.last_error}"
+        click.echo(line)
+    if not rows:
+        click.echo("no alerts")
+
+
+@alerts.command("dispatch")
+def alerts_dispatch() -> None:
+    """Deliver every due pending alert once now (what `syncer run` does every few seconds).
+
+    Exits 0 when everything due was delivered, 1 when something is still pending or
+    dead.
+    """
+    settings = _settings()
+    targets = _targets(settings)
+    with _engine(settings) as engine:
+        report = dispatch_due(engine, targets, settings.alerts)
+    click.echo(f"alerts: {report.sent} sent, {report.retrying} to retry, {report.dead} dead")
+    sys.exit(EXIT_OK if report.delivered_everything else EXIT_FAILED)
 
 
 @cli.command()
@@ -147,6 +219,102 @@ def demo(steps: int, pause: float) -> None:
     # The demo prints every sync's summary itself; logs would only repeat them.
     settings = _settings(log_level="WARNING")
     sys.exit(run_demo(settings, steps=steps, pause=pause))
+
+
+def _targets(settings: Settings) -> tuple[Target, ...]:
+    targets = build_targets(settings.alert_urls)
+    if not targets:
+        raise ConfigError("SYNCER_ALERT_URLS is not set: there is no alert target")
+    return targets
+
+
+@cli.command()
+@report_options.sources
+@report_options.providers
+@report_options.status_classes("Only files in this status class")
+@report_options.since("changed_at")
+@report_options.include_deleted
+@report_options.limit
+@report_options.output_format
+def files(
+    sources: tuple[str, ...],
+    providers: tuple[str, ...],
+    status_classes: tuple[StatusClass, ...],
+    since: datetime | None,
+    limit: int | None,
+    output_format: Format,
+    *,
+    include_deleted: bool,
+) -> None:
+    """The inventory: one row per present file (or every file), by source and file id."""
+    filters = Filters(
+        sources=sources,
+        providers=providers,
+        status_classes=status_classes,
+        since=since,
+        include_deleted=include_deleted,
+        limit=limit,
+    )
+    _print_report(files_report(filters), output_format)
+
+
+@cli.command()
+@report_options.sources
+@report_options.providers
+@report_options.kinds
+@report_options.status_classes("Only events after which the file was in this status class")
+@report_options.file_ids
+@report_options.since("occurred_at")
+@report_options.limit
+@report_options.output_format
+def events(
+    sources: tuple[str, ...],
+    providers: tuple[str, ...],
+    kinds: tuple[EventKind, ...],
+    status_classes: tuple[StatusClass, ...],
+    file_ids: tuple[str, ...],
+    since: datetime | None,
+    limit: int | None,
+    output_format: Format,
+) -> None:
+    """The audit trail: what happened to which file, newest first."""
+    filters = Filters(
+        sources=sources,
+        providers=providers,
+        kinds=kinds,
+        status_classes=status_classes,
+        file_ids=file_ids,
+        since=since,
+        limit=limit,
+    )
+    _print_report(events_report(filters), output_format)
+
+
+@cli.command()
+@report_options.sources
+@report_options.providers
+@report_options.outcomes
+@report_options.since("started_at")
+@report_options.limit
+@report_options.output_format
+def runs(
+    sources: tuple[str, ...],
+    providers: tuple[str, ...],
+    outcomes: tuple[Outcome, ...],
+    since: datetime | None,
+    limit: int | None,
+    output_format: Format,
+) -> None:
+    """Sync runs with their outcome and counts, newest first."""
+    filters = Filters(
+        sources=sources, providers=providers, outcomes=outcomes, since=since, limit=limit
+    )
+    _print_report(runs_report(filters), output_format)
+
+
+def _print_report(report: Report, output_format: Format) -> None:
+    with _engine(_settings()) as engine:
+        print_report(engine, report, output_format, sys.stdout)
 
 
 def _settings(*, need_sources: bool = False, log_level: str | None = None) -> Settings:
@@ -164,6 +332,7 @@ def _settings(*, need_sources: bool = False, log_level: str | None = None) -> Se
 def _engine(settings: Settings, *, migrate: bool = False) -> Iterator[sa.Engine]:
     engine = create_db_engine(database_url(settings), lock_timeout=settings.lock_timeout)
     try:
+        wait_for_database(engine, timeout=settings.db_wait)
         if migrate:
             upgrade_to_head(engine)
         yield engine

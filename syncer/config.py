@@ -113,6 +113,7 @@ class Settings:
     http_host: str = "0.0.0.0"  # noqa: S104 - the service is meant to be scraped from outside its container
     http_port: int = 8080
     lock_timeout: float = 30.0
+    db_wait: float = 60.0  # 0: the first failed connection is final
     log_format: str | None = None  # None: console on a terminal, else json
     log_level: str = "INFO"
 
@@ -163,9 +164,18 @@ def load_settings(
         http_host=env.get("SYNCER_HTTP_HOST") or "0.0.0.0",  # noqa: S104 - see Settings
         http_port=env.integer("SYNCER_HTTP_PORT", 8080, minimum=0, maximum=65535),
         lock_timeout=env.duration("SYNCER_LOCK_TIMEOUT", 30.0),
+        db_wait=_db_wait(env),
         log_format=env.choice("SYNCER_LOG_FORMAT", _LOG_FORMATS, default=None),
         log_level=env.choice("SYNCER_LOG_LEVEL", _LOG_LEVELS, default="INFO") or "INFO",
     )
+
+
+def _db_wait(env: _Environment) -> float:
+    """SYNCER_DB_WAIT: like any duration, and 0 too, which turns the wait off."""
+    match = _DURATION.match(env.get("SYNCER_DB_WAIT") or "")
+    if match and float(match.group(1)) == 0:
+        return 0.0
+    return env.duration("SYNCER_DB_WAIT", 60.0)
 
 
 def parse_duration(text: str) -> float:

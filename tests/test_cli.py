@@ -15,36 +15,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from syncer.simulator import Fault, Simulator
+from syncer.simulator import Fault
 
 SECRET_KEYS = ("sk-sim-siliconflow", "sk-sim-moonshot")
-
-
-@pytest.fixture
-def simulator():
-    with Simulator(seed=11) as sim:
-        yield sim
-
-
-@pytest.fixture
-def env(engine, database_url, simulator, tmp_path) -> dict[str, str]:
-    """A clean environment: the test database and both simulated accounts."""
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SYNCER_", "SILICONFLOW_", "MOONSHOT_"))
-    }
-    return {
-        **base,
-        "SYNCER_DATABASE_URL": database_url,
-        "SYNCER_DATA_DIR": str(tmp_path / "data"),
-        "SYNCER_RETRY_TIMEOUT": "2",
-        "SYNCER_LOG_FORMAT": "json",
-        "SILICONFLOW_API_KEY": simulator.api_key("siliconflow"),
-        "SILICONFLOW_BASE_URL": simulator.base_url("siliconflow"),
-        "MOONSHOT_API_KEY": simulator.api_key("moonshot"),
-        "MOONSHOT_BASE_URL": simulator.base_url("moonshot"),
-    }
 
 
 def syncer(
@@ -257,6 +230,7 @@ def test_unreachable_database_is_one_line_without_the_password(env, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env["SYNCER_DATABASE_URL"] = f"postgresql://syncer:hunter2-Pa55@127.0.0.1:{port}/syncer"
+    env["SYNCER_DB_WAIT"] = "0"  # fail at once; tests/test_deploy.py covers the wait
 
     result = syncer("migrate", env=env, cwd=tmp_path)
 
@@ -302,8 +276,8 @@ def test_check_reports_each_part(engine, env, simulator, tmp_path):
 
 
 def test_every_command_has_help(env, tmp_path):
-    for command in ("run", "sync", "migrate", "check", "demo"):
-        result = syncer(command, "--help", env=env, cwd=tmp_path)
+    for command in ("run", "sync", "migrate", "check", "demo", "alerts", "alerts test"):
+        result = syncer(*command.split(), "--help", env=env, cwd=tmp_path)
         assert result.returncode == 0
         assert "Usage: syncer" in result.stdout
 

@@ -208,3 +208,18 @@ def test_the_database_password_alone_is_redacted_too():
     assert redact("connection failed: password s3cr@t-pw rejected") == (
         "connection failed: password *** rejected"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(None, 60.0), ("90", 90.0), ("2m", 120.0), ("0", 0.0), ("0s", 0.0)]
+)
+def test_db_wait_is_a_duration_and_0_turns_it_off(value, seconds):
+    settings = load({} if value is None else {"SYNCER_DB_WAIT": value})
+
+    assert settings.db_wait == seconds
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "1d"])
+def test_a_bad_db_wait_names_the_setting(value):
+    with pytest.raises(ConfigError, match="SYNCER_DB_WAIT"):
+        load({"SYNCER_DB_WAIT": value})
