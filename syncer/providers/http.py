@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Final, NoReturn, TypeVar
 
 import httpx
+import orjson
 import stamina
 
 from syncer.errors import FatalProviderError, ProviderError, RetryableProviderError
@@ -41,6 +42,9 @@ EXCERPT_CHARS: Final = 200
 # characters of text) is looked at, and a longer one is cut rather than refused.
 _QUOTABLE_SIZE: Final = 64 * 1024
 _SHORT_CHARS: Final = 60
+_NUL_ESCAPE: Final = b"\\u0000"
+_DIGITS_AS_ZEROS: Final = bytes.maketrans(b"123456789", b"0" * 9)
+_DIGIT_RUN: Final = b"0" * 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,8 @@ class JsonResponse:
     source_name: str
     where: str
     trace: str
+    storable: bool = False
+    """True when no string in `body` holds a NUL or a lone surrogate (see parse_json_checked)."""
 
     def unexpected(self, reason: str) -> FatalProviderError:
         """An error for a body that is valid JSON but breaks the provider's documented shape.
@@ -107,11 +113,36 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
 
 
 def parse_json(body: bytes) -> object:
-    """Parse a body with the standard library, refusing NaN and Infinity.
+    """Parse a body as the standard library does, refusing NaN and Infinity.
 
     Raises ValueError (which includes UnicodeDecodeError) or RecursionError.
     """
-    return json.loads(body, parse_constant=_reject_constant)
+    return parse_json_checked(body)[0]
+
+
+def parse_json_checked(body: bytes) -> tuple[object, bool]:
+    """The parsed body, and whether its strings are known to be storable in PostgreSQL.
+
+    orjson parses a listing of 100,000 files several times faster than the standard
+    library, but it reads integers beyond 64 bits as floats and refuses what the
+    standard library accepts (lone surrogates, a UTF-8 BOM, UTF-16): for such a body,
+    and for any body orjson refuses, the standard library decides, so the result is
+    always the standard library's. The flag is True only when orjson parsed a body
+    without a NUL escape: orjson refuses lone surrogates and raw control characters,
+    so then no string in the result holds a NUL or a lone surrogate.
+    """
+    if not _may_hold_big_integers(body):
+        try:
+            return orjson.loads(body), _NUL_ESCAPE not in body
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body, parse_constant=_reject_constant), False
+
+
+def _may_hold_big_integers(body: bytes) -> bool:
+    # A run of 19 digits may be an integer outside orjson's 64-bit range (or only a
+    # long string of digits: then the standard library parses it, to the same result).
+    return _DIGIT_RUN in body.translate(_DIGITS_AS_ZEROS)
 
 
 def parse_json_or_none(body: bytes) -> object:
@@ -219,7 +250,7 @@ class ProviderClient:
                 self._source_name, f"{where} returned a body larger than {limit} bytes{trace}"
             )
         try:
-            parsed = parse_json(body)
+            parsed, storable = parse_json_checked(body)
         except (ValueError, RecursionError) as exc:
             # A cut-off body or a proxy's HTML page: the next attempt may be whole.
             raise retryable(
@@ -227,7 +258,7 @@ class ProviderClient:
                 f"HTTP {status} from {where} is not valid JSON ({exc})"
                 f"{_quote(body[:_QUOTABLE_SIZE].decode('utf-8', errors='replace'))}{trace}",
             ) from exc
-        return JsonResponse(parsed, self._source_name, where, trace)
+        return JsonResponse(parsed, self._source_name, where, trace, storable=storable)
 
     def _read_body(
         self, response: httpx.Response, where: str, deadline: float, *, limit: int

@@ -12,7 +12,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from syncer.model import ListedFile, classify_status
+from syncer.model import ListedFile, StatusClass, classify_status
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -48,19 +48,25 @@ class _UnusableItemError(Exception):
     """An item that cannot become a ListedFile; the message says why."""
 
 
-def parse_items(items: Sequence[object], *, reports_status: bool) -> ParsedItems:
+def parse_items(
+    items: Sequence[object], *, reports_status: bool, storable: bool = False
+) -> ParsedItems:
     """Validate and normalize the items of one listing, in the order listed.
 
     `reports_status` says whether the provider has a status field at all; a provider
     without one (SiliconFlow) gets status None and the `ready` class. Every item that
     is not kept counts as skipped, so `len(files) + skipped == len(items)`; `problems`
     describes them in short sentences, at most MAX_PROBLEMS of them plus a tally.
+    `storable` says the caller has already made sure, on the body as a whole, that no
+    string holds a NUL or a lone surrogate (see http.parse_json_checked): walking every
+    item for them is the most expensive check of a large listing.
     """
     usable: list[ListedFile] = []
     problems: list[str] = []
+    classes: dict[str | None, StatusClass] = {}
     for position, item in enumerate(items):
         try:
-            usable.append(_parse_item(item, reports_status=reports_status))
+            usable.append(_parse_item(item, reports_status, storable=storable, classes=classes))
         except _UnusableItemError as exc:
             problems.append(f"item {position}{_id_hint(item)}: {exc}")
     files, duplicate_problems = _drop_duplicates(usable)
@@ -79,28 +85,69 @@ def json_type(value: object) -> str:
     return type(value).__name__
 
 
-def _parse_item(item: object, *, reports_status: bool) -> ListedFile:
+def _parse_item(  # noqa: C901 - one flat run of checks; helpers would cost a call per field
+    item: object,
+    reports_status: bool,  # noqa: FBT001 - positional: this runs once per listed file
+    *,
+    storable: bool,
+    classes: dict[str | None, StatusClass],
+) -> ListedFile:
+    """One item as a ListedFile, checking its fields in a fixed order.
+
+    Written for speed (a listing may hold 100,000 items): each field is checked inline
+    for the usual, valid case, and only an unusual value goes through the helper that
+    converts it (806.0 bytes) or raises with the reason.
+    """
     if not isinstance(item, dict):
         raise _UnusableItemError(f"is {json_type(item)}, not an object")
-    if _has_unstorable_text(item):
+    if not storable and _has_unstorable_text(item):
         raise _UnusableItemError(
             "contains a NUL character or a lone surrogate, which PostgreSQL cannot store"
         )
-    file_id = item.get("id")
+    get = item.get
+    file_id = get("id")
     if not isinstance(file_id, str) or not file_id:
         raise _UnusableItemError(f"id is {_describe(file_id)}, not a non-empty string")
-    status = _optional_str(item, "status") if reports_status else None
-    line_count = item.get("line_count")
+    status = get("status") if reports_status else None
+    if status is not None and not isinstance(status, str):
+        status = _optional_str(item, "status")
+    filename = get("filename")
+    if not isinstance(filename, str):
+        filename = _required_str(item, "filename")
+    purpose = get("purpose")
+    if not isinstance(purpose, str):
+        purpose = _required_str(item, "purpose")
+    size = get("bytes")
+    if type(size) is not int or not _INT64[0] <= size <= _INT64[1]:
+        size = _integer(size, "bytes", _INT64)
+    line_count = get("line_count")
+    if line_count is not None and (
+        type(line_count) is not int or not _INT32[0] <= line_count <= _INT32[1]
+    ):
+        line_count = _integer(line_count, "line_count", _INT32)
+    details = get("status_details") if reports_status else None
+    if details is not None and not isinstance(details, str):
+        details = _optional_str(item, "status_details")
+    status_class = classes.get(status)
+    if status_class is None:
+        status_class = classes[status] = classify_status(
+            status, provider_reports_status=reports_status
+        )
+    created = get("created_at")
+    if type(created) is int and 0 <= created < _MILLISECONDS_FROM:
+        created_at = datetime.fromtimestamp(created, tz=UTC)
+    else:
+        created_at = _created_at(item)
     return ListedFile(
         file_id=file_id,
-        filename=_required_str(item, "filename"),
-        purpose=_required_str(item, "purpose"),
-        bytes=_integer(item.get("bytes"), "bytes", _INT64),
-        line_count=None if line_count is None else _integer(line_count, "line_count", _INT32),
+        filename=filename,
+        purpose=purpose,
+        bytes=size,
+        line_count=line_count,
         status=status,
-        status_details=_optional_str(item, "status_details") if reports_status else None,
-        status_class=classify_status(status, provider_reports_status=reports_status),
-        created_at=_created_at(item),
+        status_details=details,
+        status_class=status_class,
+        created_at=created_at,
         raw=item,
     )
 
@@ -184,6 +231,8 @@ def _drop_duplicates(files: list[ListedFile]) -> tuple[list[ListedFile], list[st
 
     When the copies differ there is no telling which one is true.
     """
+    if len({file.file_id for file in files}) == len(files):
+        return files, []
     copies_by_id: defaultdict[str, list[ListedFile]] = defaultdict(list)
     for file in files:
         copies_by_id[file.file_id].append(file)

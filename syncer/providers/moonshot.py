@@ -79,26 +79,31 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
     url = f"{source.base_url.rstrip('/')}/files"
     items: list[object] = []
     seen_ids: set[str] = set()
+    storable = True
     params: dict[str, str] | None = None  # no query parameter is documented
     page_number = 0
     while True:
         page_number += 1
         response = api.get_json(url, params)
         page, has_more = _page(response)
-        page_ids = {
-            item["id"]
-            for item in page
-            if isinstance(item, dict) and isinstance(item.get("id"), str)
-        }
-        if repeated := page_ids & seen_ids:
-            raise response.unexpected(
-                f"pagination repeated page {page_number}: it lists ids already listed "
-                f"(e.g. {excerpt(repr(min(repeated)), 60)}); the provider may be ignoring 'after'"
-            )
+        storable = storable and response.storable
+        # The usual single-page listing needs no ids collected.
+        if seen_ids or has_more:
+            page_ids = {
+                item["id"]
+                for item in page
+                if isinstance(item, dict) and isinstance(item.get("id"), str)
+            }
+            if repeated := page_ids & seen_ids:
+                raise response.unexpected(
+                    f"pagination repeated page {page_number}: it lists ids already listed "
+                    f"(e.g. {excerpt(repr(min(repeated)), 60)}); the provider may be "
+                    "ignoring 'after'"
+                )
+            seen_ids |= page_ids
         items.extend(page)
-        seen_ids |= page_ids
         if not has_more:
-            parsed = parse_items(items, reports_status=True)
+            parsed = parse_items(items, reports_status=True, storable=storable)
             return Listing(files=parsed.files, skipped=parsed.skipped, problems=parsed.problems)
         if page_number == MAX_PAGES:
             raise response.unexpected(f"pagination did not end within {MAX_PAGES} pages")

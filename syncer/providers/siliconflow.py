@@ -48,7 +48,7 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
         params={"purpose": "batch", "limit": source.list_limit},
     )
     items = _items(response)
-    parsed = parse_items(items, reports_status=False)
+    parsed = parse_items(items, reports_status=False, storable=response.storable)
     return Listing(
         files=parsed.files,
         truncated=len(items) >= source.list_limit,
