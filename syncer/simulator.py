@@ -51,7 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 from syncer.model import EventKind
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 Provider = Literal["siliconflow", "moonshot"]
 RetryAfter = int | str | datetime
@@ -409,30 +409,38 @@ def _siliconflow_listing(store: _AccountStore, query: dict[str, list[str]]) -> _
     limit = query.get("limit", ["10"])[-1]
     if not limit.isdigit() or int(limit) < 1:
         return _error_reply("siliconflow", 400, message="limit must be a positive integer")
-    items = store.first(int(limit))
-    body = {
-        "code": 20000,
-        "message": "Ok",
-        "status": True,
-        "data": {"data": items, "object": "file"},
-    }
-    return _json_reply(200, body)
+
+    def build() -> _Reply:
+        items = store.first(int(limit))
+        body = {
+            "code": 20000,
+            "message": "Ok",
+            "status": True,
+            "data": {"data": items, "object": "file"},
+        }
+        return _json_reply(200, body)
+
+    return store.cached_reply(("first", int(limit)), build)
 
 
 def _moonshot_listing(
     store: _AccountStore, query: dict[str, list[str]], *, broken_paginator: bool
 ) -> _Reply:
     after = None if broken_paginator else query.get("after", [None])[-1]
-    try:
-        items, has_more = store.page(after)
-    except KeyError:
-        return _error_reply("moonshot", 400, message=f"invalid cursor: {after}")
-    payload: dict[str, object] = {"object": "list", "data": items}
-    if broken_paginator:
-        payload["has_more"] = True
-    elif has_more is not None:
-        payload["has_more"] = has_more
-    return _json_reply(200, payload)
+
+    def build() -> _Reply:
+        try:
+            items, has_more = store.page(after)
+        except KeyError:
+            return _error_reply("moonshot", 400, message=f"invalid cursor: {after}")
+        payload: dict[str, object] = {"object": "list", "data": items}
+        if broken_paginator:
+            payload["has_more"] = True
+        elif has_more is not None:
+            payload["has_more"] = has_more
+        return _json_reply(200, payload)
+
+    return store.cached_reply(("page", after, broken_paginator), build)
 
 
 def _authorized(header: str | None, api_key: str) -> bool:
@@ -531,6 +539,9 @@ class _AccountStore:
         self._raw_items: list[Any] | None = None
         self._ticks = 0
         self._settled = 0
+        # Bumped by every change of what a listing shows; see cached_reply.
+        self._version = 0
+        self._reply_cache: tuple[tuple[int, Hashable], _Reply] | None = None
 
     # Files.
 
@@ -549,6 +560,7 @@ class _AccountStore:
             self._positions[file_id] = self._next_position
             self._next_position += 1
             self._ordered = None
+            self._version += 1
             return file_id
 
     def add_many(self, count: int, fields: Mapping[str, object]) -> list[str]:
@@ -562,10 +574,12 @@ class _AccountStore:
             if fields.get("id", file_id) != file_id:
                 raise ValueError("a file's id cannot change; delete it and add another")
             self._files[self._known(file_id)] = {**self._files[file_id], **fields}
+            self._version += 1
 
     def delete(self, file_id: str) -> dict[str, Any]:
         with self.lock:
             self._ordered = None
+            self._version += 1
             return self._files.pop(self._known(file_id))
 
     def copies(self) -> list[dict[str, Any]]:
@@ -578,10 +592,28 @@ class _AccountStore:
         raw = None if items is None else json.loads(json.dumps(items))
         with self.lock:
             self._raw_items = raw
+            self._version += 1
 
     def set_page_size(self, size: int | None) -> None:
         with self.lock:
             self.account = replace(self.account, page_size=size)
+            self._version += 1
+
+    def cached_reply(self, key: Hashable, build: Callable[[], _Reply]) -> _Reply:
+        """`build()`, or its reply to the same `key` when the account has not changed since.
+
+        Serializing 100,000 files takes a third of a second; the benchmarks list one
+        unchanged account again and again.
+        """
+        with self.lock:
+            version, cached = self._version, self._reply_cache
+            if cached is not None and cached[0] == (version, key):
+                return cached[1]
+        reply = build()
+        with self.lock:
+            if self._version == version:
+                self._reply_cache = ((version, key), reply)
+        return reply
 
     # Listings: lists of references to the stored (never mutated) dicts.
 
