@@ -141,11 +141,18 @@ def dispatch_due(
             alert = outbox.claim_next_due(conn, clock())
             if alert is None:
                 break
-            message = render(
-                alert.alert_key, alert.kind, alert.source, alert.provider, alert.payload
-            )
             delivered = list(alert.delivered_to)
             errors = []
+            try:
+                message = render(
+                    alert.alert_key, alert.kind, alert.source, alert.provider, alert.payload
+                )
+            except ValueError as error:
+                # E.g. a kind from a newer syncer: back off like a failed delivery
+                # rather than block every alert behind this one on every pass.
+                errors.append(f"cannot render this alert: {error}")
+                _record(conn, alert, delivered, errors, policy, clock(), report)
+                continue
             for target in targets:
                 if target.url_id in delivered:
                     continue

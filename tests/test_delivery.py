@@ -291,3 +291,20 @@ def test_without_targets_alerts_stay_pending(engine, simulator, sync):
 
     assert (report.sent, report.retrying) == (0, 0)
     assert [(a["state"], a["attempts"]) for a in alert_rows(engine)] == [("pending", 0)]
+
+
+def test_an_alert_that_cannot_be_rendered_does_not_block_the_others(
+    engine, simulator, receiver, sync
+):
+    simulator.add_files("moonshot", 2, status="error")
+    sync()
+    with engine.begin() as conn:  # as if a newer syncer had written a kind this one lacks
+        conn.execute(sa.text("UPDATE alerts SET kind = 'from_the_future' WHERE id = 1"))
+
+    report = dispatch_due(engine, build_targets([Secret(receiver.url)]), POLICY)
+
+    first, second = alert_rows(engine)
+    assert (report.sent, report.retrying) == (1, 1)
+    assert (first["state"], second["state"]) == ("pending", "sent")
+    assert "cannot render this alert" in first["last_error"]
+    assert len(receiver.received) == 1
