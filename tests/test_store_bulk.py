@@ -22,6 +22,7 @@ from syncer.db import store
 from syncer.diff import TRACKED_FIELDS, StoredFile, _snapshot
 from syncer.model import ListedFile, Outcome, StatusClass
 from syncer.providers.http import parse_json, parse_json_checked
+from syncer.providers.items import parse_items
 from syncer.simulator import Account, Simulator
 from syncer.sync import sync_source
 
@@ -288,3 +289,24 @@ def test_the_simulator_serves_a_changed_account_afresh():
 
     assert [f["status"] for f in first] == ["ok"]
     assert [f["status"] for f in second] == ["error"]
+
+
+def test_a_parsed_item_fills_every_field_of_its_listed_file():
+    raw = item(5, status="Processing", status_details="queued", line_count=7)
+
+    parsed = parse_items([raw], reports_status=True, storable=True)
+
+    assert parsed.files == (
+        ListedFile(
+            file_id="f000005",
+            filename="report-5.pdf",
+            purpose="file-extract",
+            bytes=1005,
+            line_count=7,
+            status="Processing",
+            status_details="queued",
+            status_class=StatusClass.PENDING,
+            created_at=datetime.fromtimestamp(1_760_000_005, UTC),
+            raw=raw,
+        ),
+    )
