@@ -1,0 +1,396 @@
+"""Database faults with real processes: the server going away, a sync killed halfway
+through its transaction, and locks that are never released (issue 7, item 2).
+
+The outage test stops and restarts a PostgreSQL of its own (tests/pgserver.py), never
+the shared test server; the others work on a database of their own on the shared one,
+since they lock its tables.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from pgserver import PrivateServer
+from receiver import Receiver
+from test_alerting_e2e import free_port, get, scrape, stop
+from test_cli import count_runs, listed_ids, present_ids, query, start_service, syncer, wait_for
+
+from syncer.db import store
+from syncer.db.engine import create_db_engine
+from syncer.db.migrate import upgrade_to_head
+from syncer.redaction import Secret
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+INTERVAL = 1.0  # start_service syncs every second
+# The next tick comes within one interval (plus its jitter); the rest is room for a
+# loaded machine to start the sync and write it.
+RESUME_WITHIN = INTERVAL + 4.0
+
+
+def migrated_engine(url: str) -> sa.Engine:
+    engine = create_db_engine(Secret(url), lock_timeout=5)
+    upgrade_to_head(engine)
+    return engine
+
+
+@pytest.fixture
+def private_server():
+    with PrivateServer() as server:
+        yield server
+
+
+@pytest.fixture
+def private_engine(private_server):
+    """The database `syncer` on the private server, migrated."""
+    engine = migrated_engine(private_server.create_database("syncer"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def own_database(databases) -> str:
+    """A migrated database of this test's own on the shared server: tests here lock tables."""
+    url = databases.create()
+    migrated_engine(url).dispose()
+    return url
+
+
+@pytest.fixture
+def own_engine(own_database):
+    engine = create_db_engine(Secret(own_database), lock_timeout=5)
+    yield engine
+    engine.dispose()
+
+
+def events_since(engine, last_id: int) -> list[tuple[str, str, str | None, str | None]]:
+    rows = query(
+        engine,
+        "SELECT source, file_id, kind, old_status, new_status FROM file_events"
+        " WHERE id > :id ORDER BY id",
+        id=last_id,
+    )
+    return [(r["source"], r["file_id"], r["kind"], r["old_status"], r["new_status"]) for r in rows]
+
+
+def as_events(changes) -> list[tuple[str, str, str, str | None, str | None]]:
+    return [(c.account, c.file_id, c.kind.value, c.old_status, c.new_status) for c in changes]
+
+
+def last_event_id(engine) -> int:
+    return query(engine, "SELECT coalesce(max(id), 0) AS id FROM file_events")[0]["id"]
+
+
+def in_sync_with(engine, simulator, account: str) -> bool:
+    if present_ids(engine, account) != listed_ids(simulator, account):
+        return False
+    stored = query(engine, "SELECT file_id, status FROM current_files WHERE source = :s", s=account)
+    return {r["file_id"]: r["status"] for r in stored} == {
+        f["id"]: f.get("status") for f in simulator.files(account)
+    }
+
+
+def snapshot(engine) -> dict[str, list[dict]]:
+    """Every row of every table, files with their physical version (xmin)."""
+    return {
+        "files": query(engine, "SELECT xmin::text AS version, * FROM files ORDER BY file_id"),
+        "file_events": query(engine, "SELECT * FROM file_events ORDER BY id"),
+        "sync_runs": query(engine, "SELECT * FROM sync_runs ORDER BY id"),
+        "alerts": query(engine, "SELECT * FROM alerts ORDER BY id"),
+    }
+
+
+def syncer_backends(conn: psycopg.Connection) -> list[tuple]:
+    return conn.execute(
+        "SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'syncer'"
+    ).fetchall()
+
+
+def delivered_alert_ids(receiver: Receiver) -> list[str]:
+    """The alert id at the end of every message the receiver accepted."""
+    return [
+        line.removeprefix("Alert id: ")
+        for message in receiver.received
+        for line in message["message"].splitlines()
+        if line.startswith("Alert id: ")
+    ]
+
+
+def wait_until(condition, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not met within {timeout} s")
+        time.sleep(0.1)
+
+
+# --- The database goes away while `syncer run` runs -------------------------------------
+
+
+def test_run_rides_out_a_database_restart(private_server, private_engine, env, simulator, tmp_path):
+    engine = private_engine
+    url = engine.url.render_as_string(hide_password=False)
+    simulator.add_files("moonshot", 3, status="processing")
+    simulator.add_files("siliconflow", 3)
+    with Receiver() as receiver:
+        service_env = {
+            **env,
+            "SYNCER_DATABASE_URL": url,
+            "SYNCER_ALERT_URLS": receiver.url,
+            "SYNCER_ALERT_DISPATCH_INTERVAL": "0.5s",
+            "SYNCER_HTTP_HOST": "127.0.0.1",
+            "SYNCER_HTTP_PORT": str(free_port()),
+        }
+        service = start_service(service_env, tmp_path)
+        try:
+            for account in ("moonshot", "siliconflow"):
+                wait_for(lambda a=account: in_sync_with(engine, simulator, a), service)
+            assert get(service_env, "/readyz").status_code == 200
+            before_outage = last_event_id(engine)
+            engine.dispose()
+
+            private_server.stop("immediate")  # a crash: every backend dies at once
+            changes = simulator.step()  # files settle, one fails, new ones appear
+            wait_for(lambda: get(service_env, "/readyz").status_code == 503, service)
+            not_ready = get(service_env, "/readyz")
+            time.sleep(3 * INTERVAL)  # a few ticks against no database at all
+            alive = get(service_env, "/healthz")
+            during = scrape(service_env)
+            assert service.poll() is None
+
+            private_server.start()
+            back = datetime.now(UTC)
+            for account in ("moonshot", "siliconflow"):
+                wait_for(lambda a=account: in_sync_with(engine, simulator, a), service)
+            ready_again = get(service_env, "/readyz")
+            receiver.wait_for(1)
+            runs_now = count_runs(engine, "moonshot")
+            wait_for(lambda: count_runs(engine, "moonshot") >= runs_now + 2, service)
+        finally:
+            stderr = stop(service)
+        failed_files = [c for c in changes if c.new_status == "error"]
+
+        assert (not_ready.status_code, alive.status_code) == (503, 200)
+        assert "database unavailable" in not_ready.text
+        assert during["syncer_database_up", ()] == 0
+        assert ready_again.status_code == 200
+        # Every change made while the database was down, recorded once.
+        assert Counter(events_since(engine, before_outage)) == Counter(as_events(changes))
+        first_after = query(
+            engine,
+            "SELECT source, min(finished_at) AS at FROM sync_runs"
+            " WHERE outcome = 'ok' AND finished_at > :back GROUP BY source",
+            back=back,
+        )
+        assert {r["source"] for r in first_after} == {"moonshot", "siliconflow"}
+        for run in first_after:
+            assert (run["at"] - back).total_seconds() < RESUME_WITHIN, run
+        # Each failure raised once and delivered once.
+        assert failed_files
+        delivered = delivered_alert_ids(receiver)
+        assert len(delivered) == len(set(delivered))
+        assert sorted(key.rsplit("/", 1)[1] for key in delivered) == sorted(
+            c.file_id for c in failed_files
+        )
+    assert "will try again next interval" in stderr
+    assert "deadlock" not in stderr
+
+
+# --- A sync killed halfway through its transaction --------------------------------------
+
+
+@pytest.mark.parametrize("blocked_at", ["file_events", "alerts"])
+def test_a_sync_killed_mid_transaction_leaves_the_previous_state(
+    own_database, own_engine, env, simulator, tmp_path, blocked_at
+):
+    """The test holds a lock that the sync's last writes wait for, so the sync is
+    deterministically inside its transaction (run, file rows and, for `alerts`, the
+    events written) when it is killed with SIGKILL.
+    """
+    env = {**env, "SYNCER_DATABASE_URL": own_database, "SYNCER_LOCK_TIMEOUT": "120"}
+    simulator.add_files("moonshot", 4, status="processing")
+    first = syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = snapshot(own_engine)
+    changes = simulator.step("moonshot")  # settles all 4 (one fails), adds new ones
+    assert any(c.new_status == "error" for c in changes)
+
+    with (
+        psycopg.connect(own_database, autocommit=True) as observer,
+        psycopg.connect(own_database) as blocker,
+    ):
+        blocker.execute(f"LOCK TABLE {blocked_at} IN SHARE MODE")
+        sync = subprocess.Popen(
+            [sys.executable, "-m", "syncer", "sync", "--source", "moonshot"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(
+                lambda: any(b[2] == "Lock" for b in syncer_backends(observer)),
+                what="the sync waits for the lock inside its transaction",
+            )
+            (pid,) = [b[0] for b in syncer_backends(observer) if b[2] == "Lock"]
+            written = {
+                row[0]
+                for row in observer.execute(
+                    "SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                    " WHERE l.pid = %s AND l.granted AND l.mode = 'RowExclusiveLock'",
+                    (pid,),
+                )
+            }
+            assert {"sync_runs", "files"} <= written  # it has written, uncommitted
+            sync.send_signal(signal.SIGKILL)
+            assert sync.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if sync.poll() is None:
+                sync.kill()
+            blocker.rollback()  # the orphaned backend gets its lock, finds no client
+        wait_until(
+            lambda: (
+                not observer.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone()
+            ),
+            what="the killed sync's backend ends",
+        )
+
+    assert snapshot(own_engine) == before
+    last = last_event_id(own_engine)
+    again = syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert Counter(events_since(own_engine, last)) == Counter(as_events(changes))
+    once_more = syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path)
+    assert once_more.returncode == 0
+    assert len(events_since(own_engine, 0)) == len(before["file_events"]) + len(changes)
+    alerts = query(own_engine, "SELECT kind, file_id FROM alerts")
+    assert [a["file_id"] for a in alerts] == [c.file_id for c in changes if c.new_status == "error"]
+
+
+# --- Locks that are never released --------------------------------------------------------
+
+
+def test_every_connection_has_bounded_waits(own_database):
+    engine = create_db_engine(Secret(own_database), lock_timeout=2.5)
+    try:
+        with engine.connect() as conn:
+            shown = {
+                name: conn.execute(sa.text(f"SHOW {name}")).scalar_one()
+                for name in (
+                    "lock_timeout",
+                    "statement_timeout",
+                    "idle_in_transaction_session_timeout",
+                )
+            }
+    finally:
+        engine.dispose()
+    assert shown == {
+        "lock_timeout": "2500ms",
+        "statement_timeout": "5min",
+        "idle_in_transaction_session_timeout": "10min",
+    }
+
+
+def test_sync_gives_up_on_a_held_source_lock(own_database, own_engine, env, simulator, tmp_path):
+    env = {**env, "SYNCER_DATABASE_URL": own_database, "SYNCER_LOCK_TIMEOUT": "2"}
+    simulator.add_files("moonshot", 2)
+    simulator.add_files("siliconflow", 2)
+    with own_engine.connect() as conn, store.source_lock(conn, "moonshot"):  # a stuck sync
+        started = time.monotonic()
+        result = syncer("sync", env=env, cwd=tmp_path)
+        took = time.monotonic() - started
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        "moonshot: busy: source 'moonshot': another sync of this source is still running"
+        in result.stdout
+    )
+    assert "siliconflow: ok" in result.stdout  # the other source is not held up
+    assert took < 30  # the 2 s lock timeout, plus starting Python on a loaded machine
+    assert present_ids(own_engine, "moonshot") == set()
+    assert count_runs(own_engine, "moonshot") == 0  # a busy source is not a failed run
+
+
+def test_sync_gives_up_on_a_locked_table(own_database, own_engine, env, simulator, tmp_path):
+    env = {**env, "SYNCER_DATABASE_URL": own_database, "SYNCER_LOCK_TIMEOUT": "2"}
+    simulator.add_files("moonshot", 2)
+    assert syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path).returncode == 0
+    simulator.add_files("moonshot", 1)
+    before = query(own_engine, "SELECT xmin::text AS v, file_id FROM files ORDER BY file_id")
+    with psycopg.connect(own_database) as blocker:  # say, a migration or a VACUUM FULL
+        blocker.execute("LOCK TABLE files IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        result = syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path)
+        took = time.monotonic() - started
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "moonshot: failed" in result.stdout
+    assert "canceling statement due to lock timeout" in result.stdout
+    assert took < 30
+    assert (
+        query(own_engine, "SELECT xmin::text AS v, file_id FROM files ORDER BY file_id") == before
+    )
+    (failed,) = query(own_engine, "SELECT error FROM sync_runs WHERE outcome = 'failed'")
+    assert "lock timeout" in failed["error"]
+
+
+@contextmanager
+def hold(conn: sa.Connection, what: str) -> Iterator[None]:
+    """What a stuck process would hold: a sync's source lock, or a lock on `files`."""
+    if what == "source lock":
+        with store.source_lock(conn, "moonshot"):
+            yield
+    else:
+        with conn.begin():
+            conn.execute(sa.text("LOCK TABLE files IN ACCESS EXCLUSIVE MODE"))
+            yield
+
+
+@pytest.mark.parametrize("held", ["source lock", "files table"])
+def test_run_keeps_going_past_a_stuck_lock(
+    own_database, own_engine, env, simulator, tmp_path, held
+):
+    service_env = {
+        **env,
+        "SYNCER_DATABASE_URL": own_database,
+        "SYNCER_LOCK_TIMEOUT": "1",
+        "SYNCER_HTTP_HOST": "127.0.0.1",
+        "SYNCER_HTTP_PORT": str(free_port()),
+    }
+    simulator.add_files("moonshot", 2, status="ok")
+    service = start_service(service_env, tmp_path)
+    try:
+        wait_for(lambda: in_sync_with(own_engine, simulator, "moonshot"), service)
+        with own_engine.connect() as conn, hold(conn, held):
+            simulator.add_file("moonshot", status="error")
+            time.sleep(4 * INTERVAL)  # several ticks run into the lock
+            alive = get(service_env, "/healthz")
+            ready = get(service_env, "/readyz")
+            metrics = get(service_env, "/metrics")
+            assert service.poll() is None
+        wait_for(lambda: in_sync_with(own_engine, simulator, "moonshot"), service)
+    finally:
+        stderr = stop(service)
+
+    assert (alive.status_code, ready.status_code, metrics.status_code) == (200, 200, 200)
+    if held == "source lock":
+        assert "another sync of this source is still running; skipping this tick" in stderr
+    else:
+        assert count_runs(own_engine, "moonshot", outcome="failed") >= 1
+        errors = query(own_engine, "SELECT error FROM sync_runs WHERE outcome = 'failed'")
+        assert all("lock timeout" in e["error"] for e in errors)
+    assert "deadlock" not in stderr
