@@ -1,0 +1,174 @@
+"""Concurrency with real processes (issue 7, item 3): five `syncer sync` at once, and
+two `syncer run` replicas sharing one database while the provider keeps changing.
+
+The simulator's `step()` returns the changes it made: the truth. Each change must be
+recorded exactly once however many processes race for it (no duplicate, no lost
+event), each alert raised once and delivered once, and no process may deadlock.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from history import assert_history_consistent
+from receiver import Receiver
+from test_alerting_e2e import stop
+from test_cli import listed_ids, present_ids, query, start_service, syncer
+
+PROCESSES = 5
+ROUNDS = 3
+CHURN_SECONDS = 10.0
+SOURCES = ("moonshot", "siliconflow")
+
+
+def as_events(changes) -> Counter[tuple[str, str, str, str | None, str | None]]:
+    return Counter(
+        (c.account, c.file_id, c.kind.value, c.old_status, c.new_status) for c in changes
+    )
+
+
+def events_after(engine, last_id: int) -> Counter[tuple[str, str, str, str | None, str | None]]:
+    rows = query(
+        engine,
+        "SELECT source, file_id, kind, old_status, new_status FROM file_events WHERE id > :id",
+        id=last_id,
+    )
+    return Counter(
+        (r["source"], r["file_id"], r["kind"], r["old_status"], r["new_status"]) for r in rows
+    )
+
+
+def last_event_id(engine) -> int:
+    return query(engine, "SELECT coalesce(max(id), 0) AS id FROM file_events")[0]["id"]
+
+
+def in_sync_with(engine, simulator, account: str) -> bool:
+    if present_ids(engine, account) != listed_ids(simulator, account):
+        return False
+    stored = query(engine, "SELECT file_id, status FROM current_files WHERE source = :s", s=account)
+    return {r["file_id"]: r["status"] for r in stored} == {
+        f["id"]: f.get("status") for f in simulator.files(account)
+    }
+
+
+def alert_ids(receiver: Receiver) -> list[str]:
+    return [
+        match
+        for message in list(receiver.received)
+        for match in re.findall(r"^Alert id: (\S+)$", message["message"], re.MULTILINE)
+    ]
+
+
+def no_deadlock(output: str) -> None:
+    assert "deadlock" not in output.lower()
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("sources", [("moonshot",), SOURCES], ids=["one source", "both sources"])
+def test_five_concurrent_syncs_record_each_change_once(engine, env, simulator, tmp_path, sources):
+    simulator.add_files("moonshot", 20, status="processing")
+    simulator.add_files("siliconflow", 20)
+    args = [arg for source in sources for arg in ("--source", source)]
+
+    def race() -> None:
+        with ThreadPoolExecutor(PROCESSES) as pool:
+            results = list(
+                pool.map(
+                    lambda _: syncer("sync", *args, env=env, cwd=tmp_path, timeout=120),
+                    range(PROCESSES),
+                )
+            )
+        for result in results:
+            assert result.returncode == 0, result.stdout + result.stderr
+            no_deadlock(result.stdout + result.stderr)
+
+    race()
+    truth = []
+    appeared = query(engine, "SELECT source, count(*) AS n FROM file_events GROUP BY source")
+    assert {r["source"]: r["n"] for r in appeared} == dict.fromkeys(sources, 20)
+    for _ in range(ROUNDS):
+        last = last_event_id(engine)
+        changes = [c for c in simulator.step() if c.account in sources]
+        truth.extend(changes)
+        race()
+        assert events_after(engine, last) == as_events(changes)  # once, however many raced
+    for source in sources:
+        assert in_sync_with(engine, simulator, source)
+        assert_history_consistent(engine, source)
+    runs = query(
+        engine,
+        "SELECT source, outcome, appeared + status_changed + changed + disappeared"
+        " + reappeared AS events FROM sync_runs ORDER BY id",
+    )
+    assert Counter((r["source"], r["outcome"]) for r in runs) == {
+        (s, "ok"): PROCESSES * (ROUNDS + 1) for s in sources
+    }
+    # In each race one process found the changes; the four after it found nothing.
+    assert Counter(r["source"] for r in runs if r["events"]) == dict.fromkeys(sources, ROUNDS + 1)
+    failed = sorted(c.file_id for c in truth if c.new_status == "error")
+    alerts = query(engine, "SELECT file_id FROM alerts WHERE kind = 'file_failed' ORDER BY file_id")
+    assert [a["file_id"] for a in alerts] == failed
+
+
+def test_two_replicas_share_one_database(engine, env, simulator, tmp_path):
+    simulator.add_files("moonshot", 10, status="processing")
+    simulator.add_files("siliconflow", 10)
+    with Receiver() as receiver:
+        replica_env = {
+            **env,
+            "SYNCER_ALERT_URLS": receiver.url,
+            "SYNCER_ALERT_DISPATCH_INTERVAL": "0.3s",
+        }
+        replicas = [start_service(replica_env, tmp_path) for _ in range(2)]
+        truth = []
+        ticks = 0
+        try:
+
+            def caught_up() -> bool:
+                for replica in replicas:
+                    if replica.poll() is not None:
+                        pytest.fail(f"a replica exited early: {replica.communicate()[1]}")
+                return all(in_sync_with(engine, simulator, s) for s in SOURCES)
+
+            wait(caught_up)
+            start = last_event_id(engine)
+            churn_until = time.monotonic() + CHURN_SECONDS
+            while time.monotonic() < churn_until:
+                truth += simulator.step()  # every tick: files appear, settle, fail, go
+                ticks += 1
+                wait(caught_up)
+            recorded = events_after(engine, start)
+            failed = [c.file_id for c in truth if c.new_status == "error"]
+            wait(lambda: len(receiver.received) >= len(failed))
+            time.sleep(2)  # more dispatch ticks on both replicas: nothing may come twice
+        finally:
+            outputs = [stop(replica) for replica in replicas]
+
+        assert ticks >= 5
+        assert recorded == as_events(truth)
+        for source in SOURCES:
+            assert_history_consistent(engine, source)
+        assert failed
+        delivered = alert_ids(receiver)
+        assert len(delivered) == len(set(delivered))  # each delivered exactly once
+        alerts = query(engine, "SELECT alert_key, kind, file_id, state FROM alerts")
+        assert sorted(delivered) == sorted(a["alert_key"] for a in alerts)
+        assert sorted(a["file_id"] for a in alerts) == sorted(failed)  # raised once each
+        assert {a["state"] for a in alerts} == {"sent"}
+    for output in outputs:
+        no_deadlock(output)
+        assert '"outcome": "ok"' in output  # both replicas took part
+    runs = query(engine, "SELECT outcome FROM sync_runs")
+    assert {r["outcome"] for r in runs} == {"ok"}
+
+
+def wait(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        time.sleep(0.1)
