@@ -3,8 +3,8 @@
 Every function takes an open connection and runs inside the caller's transaction; the
 caller decides what commits together. The bulk work (reading a source's files, writing
 rows and events) goes through psycopg directly, on the same connection and so in the
-same transaction: COPY, and one set-based statement per kind of change, are what keep a
-sync of 100,000 files within a second (docs/performance.md).
+same transaction: COPY, and one set-based statement per kind of change, whatever the
+number of files (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -142,10 +142,13 @@ def load_state(conn: sa.Connection, source: str) -> dict[str, StoredFile]:
     # times the session's time zone, and both converting to a zone such as Etc/UTC and
     # comparing the result with the UTC times of a listing take several times longer.
     with _driver_cursor(conn) as cursor, gc_paused():
-        cursor.execute("SET LOCAL TimeZone TO 'UTC'")
+        [(zone,)] = cursor.execute("SHOW TimeZone").fetchall()
+        cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
+        # A new cursor: psycopg fixes the time zone of a cursor's results when it first
+        # meets a timestamptz.
         with cursor.connection.cursor() as reader:
             rows = reader.execute(_LOAD_STATE, (source,)).fetchall()
-        cursor.execute("SET LOCAL TimeZone TO DEFAULT")
+        cursor.execute("SELECT set_config('TimeZone', %s, true)", (zone,))
         return {row[0]: StoredFile(*row) for row in rows}
 
 
