@@ -12,12 +12,16 @@ import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import pytest
 from history import assert_history_consistent
+from processes import LoggedService
 from receiver import Receiver
-from test_alerting_e2e import stop
-from test_cli import listed_ids, present_ids, query, start_service, syncer
+from test_cli import listed_ids, present_ids, query, syncer
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 PROCESSES = 5
 ROUNDS = 3
@@ -123,30 +127,29 @@ def test_two_replicas_share_one_database(engine, env, simulator, tmp_path):
             "SYNCER_ALERT_URLS": receiver.url,
             "SYNCER_ALERT_DISPATCH_INTERVAL": "0.3s",
         }
-        replicas = [start_service(replica_env, tmp_path) for _ in range(2)]
+        replicas = [
+            LoggedService(replica_env, tmp_path, tmp_path / f"replica-{n}.log") for n in (1, 2)
+        ]
         truth = []
         ticks = 0
         try:
 
             def caught_up() -> bool:
-                for replica in replicas:
-                    if replica.poll() is not None:
-                        pytest.fail(f"a replica exited early: {replica.communicate()[1]}")
                 return all(in_sync_with(engine, simulator, s) for s in SOURCES)
 
-            wait(caught_up)
+            wait(caught_up, replicas, what="the replicas record the tick")
             start = last_event_id(engine)
             churn_until = time.monotonic() + CHURN_SECONDS
             while time.monotonic() < churn_until:
                 truth += simulator.step()  # every tick: files appear, settle, fail, go
                 ticks += 1
-                wait(caught_up)
+                wait(caught_up, replicas, what="the replicas record the tick")
             recorded = events_after(engine, start)
             failed = [c.file_id for c in truth if c.new_status == "error"]
-            wait(lambda: len(receiver.received) >= len(failed))
+            wait(lambda: len(receiver.received) >= len(failed), replicas, what="alerts arrive")
             time.sleep(2)  # more dispatch ticks on both replicas: nothing may come twice
         finally:
-            outputs = [stop(replica) for replica in replicas]
+            outputs = [replica.stop() for replica in replicas]
 
         assert ticks >= 5
         assert recorded == as_events(truth)
@@ -166,9 +169,13 @@ def test_two_replicas_share_one_database(engine, env, simulator, tmp_path):
     assert {r["outcome"] for r in runs} == {"ok"}
 
 
-def wait(condition, timeout: float = 30) -> None:
+def wait(
+    condition, services: Sequence[LoggedService] = (), timeout: float = 30, what: str = ""
+) -> None:
+    """Until `condition()`, failing with the services' logs if one dies or time runs out."""
     deadline = time.monotonic() + timeout
     while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
+        if time.monotonic() > deadline or not all(s.alive() for s in services):
+            logs = "\n".join(s.output()[-3000:] for s in services)
+            pytest.fail(f"{what or 'condition'}: not met within {timeout} s\n{logs}")
         time.sleep(0.1)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -21,9 +21,10 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from pgserver import PrivateServer
+from processes import LoggedService
 from receiver import Receiver
-from test_alerting_e2e import free_port, get, scrape, stop
-from test_cli import count_runs, listed_ids, present_ids, query, start_service, syncer, wait_for
+from test_alerting_e2e import free_port, get, scrape
+from test_cli import count_runs, listed_ids, present_ids, query, syncer, wait_for
 
 from syncer.db import store
 from syncer.db.engine import create_db_engine
@@ -33,7 +34,7 @@ from syncer.redaction import Secret
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-INTERVAL = 1.0  # start_service syncs every second
+INTERVAL = 1.0  # LoggedService syncs every second
 # The next tick comes within one interval (plus its jitter); the rest is room for a
 # loaded machine to start the sync and write it.
 RESUME_WITHIN = INTERVAL + 4.0
@@ -139,9 +140,14 @@ def wait_until(condition, timeout: float = 60, what: str = "condition") -> None:
 # --- The database goes away while `syncer run` runs -------------------------------------
 
 
-def test_run_rides_out_a_database_restart(private_server, private_engine, env, simulator, tmp_path):
+@pytest.mark.parametrize("mode", ["immediate", "fast"], ids=["crash", "shutdown"])
+def test_run_rides_out_a_database_restart(
+    private_server, private_engine, env, simulator, tmp_path, mode
+):
+    """`immediate` kills every server process at once, like a crash; `fast` is an
+    operator's restart: sessions are told the server is shutting down."""
     engine = private_engine
-    url = engine.url.render_as_string(hide_password=False)
+    url = private_server.url("syncer")
     simulator.add_files("moonshot", 3, status="processing")
     simulator.add_files("siliconflow", 3)
     with Receiver() as receiver:
@@ -153,33 +159,33 @@ def test_run_rides_out_a_database_restart(private_server, private_engine, env, s
             "SYNCER_HTTP_HOST": "127.0.0.1",
             "SYNCER_HTTP_PORT": str(free_port()),
         }
-        service = start_service(service_env, tmp_path)
+        service = LoggedService(service_env, tmp_path, tmp_path / "service.log")
         try:
             for account in ("moonshot", "siliconflow"):
-                wait_for(lambda a=account: in_sync_with(engine, simulator, a), service)
+                wait_for(lambda a=account: in_sync_with(engine, simulator, a), service.process)
             assert get(service_env, "/readyz").status_code == 200
             before_outage = last_event_id(engine)
             engine.dispose()
 
-            private_server.stop("immediate")  # a crash: every backend dies at once
+            private_server.stop(mode)
             changes = simulator.step()  # files settle, one fails, new ones appear
-            wait_for(lambda: get(service_env, "/readyz").status_code == 503, service)
+            wait_for(lambda: get(service_env, "/readyz").status_code == 503, service.process)
             not_ready = get(service_env, "/readyz")
             time.sleep(3 * INTERVAL)  # a few ticks against no database at all
             alive = get(service_env, "/healthz")
             during = scrape(service_env)
-            assert service.poll() is None
+            assert service.alive()
 
             private_server.start()
             back = datetime.now(UTC)
             for account in ("moonshot", "siliconflow"):
-                wait_for(lambda a=account: in_sync_with(engine, simulator, a), service)
+                wait_for(lambda a=account: in_sync_with(engine, simulator, a), service.process)
             ready_again = get(service_env, "/readyz")
             receiver.wait_for(1)
             runs_now = count_runs(engine, "moonshot")
-            wait_for(lambda: count_runs(engine, "moonshot") >= runs_now + 2, service)
+            wait_for(lambda: count_runs(engine, "moonshot") >= runs_now + 2, service.process)
         finally:
-            stderr = stop(service)
+            stderr = service.stop()
         failed_files = [c for c in changes if c.new_status == "error"]
 
         assert (not_ready.status_code, alive.status_code) == (503, 200)
@@ -206,6 +212,56 @@ def test_run_rides_out_a_database_restart(private_server, private_engine, env, s
         )
     assert "will try again next interval" in stderr
     assert "deadlock" not in stderr
+
+
+def test_the_database_dying_inside_a_sync_transaction(
+    private_server, private_engine, env, simulator, tmp_path
+):
+    """The server crashes while a sync waits inside its transaction: the sync reports a
+    failure and exits, nothing of it is left, and the next sync applies the listing once."""
+    url = private_server.url("syncer")
+    env = {**env, "SYNCER_DATABASE_URL": url, "SYNCER_LOCK_TIMEOUT": "120", "SYNCER_DB_WAIT": "0"}
+    simulator.add_files("moonshot", 4, status="processing")
+    assert syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path).returncode == 0
+    before = snapshot(private_engine)
+    private_engine.dispose()
+    changes = simulator.step("moonshot")
+
+    # closing, not `with`: leaving a psycopg `with` block commits, and the server is gone.
+    with (
+        closing(psycopg.connect(url, autocommit=True)) as observer,
+        closing(psycopg.connect(url)) as blocker,
+    ):
+        blocker.execute("LOCK TABLE file_events IN SHARE MODE")
+        sync = subprocess.Popen(
+            [sys.executable, "-m", "syncer", "sync", "--source", "moonshot"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(
+                lambda: any(b[2] == "Lock" for b in syncer_backends(observer)),
+                what="the sync waits for the lock inside its transaction",
+            )
+            private_server.stop("immediate")
+            stdout, stderr = sync.communicate(timeout=60)
+        finally:
+            if sync.poll() is None:
+                sync.kill()
+    private_server.start()
+
+    assert sync.returncode == 1, stdout + stderr
+    assert "moonshot: failed" in stdout
+    assert "writing the listing failed" in stdout
+    assert snapshot(private_engine) == before
+    again = syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert Counter(events_since(private_engine, 0)[len(before["file_events"]) :]) == Counter(
+        as_events(changes)
+    )
 
 
 # --- A sync killed halfway through its transaction --------------------------------------
@@ -372,19 +428,19 @@ def test_run_keeps_going_past_a_stuck_lock(
         "SYNCER_HTTP_PORT": str(free_port()),
     }
     simulator.add_files("moonshot", 2, status="ok")
-    service = start_service(service_env, tmp_path)
+    service = LoggedService(service_env, tmp_path, tmp_path / "service.log")
     try:
-        wait_for(lambda: in_sync_with(own_engine, simulator, "moonshot"), service)
+        wait_for(lambda: in_sync_with(own_engine, simulator, "moonshot"), service.process)
         with own_engine.connect() as conn, hold(conn, held):
             simulator.add_file("moonshot", status="error")
             time.sleep(4 * INTERVAL)  # several ticks run into the lock
             alive = get(service_env, "/healthz")
             ready = get(service_env, "/readyz")
             metrics = get(service_env, "/metrics")
-            assert service.poll() is None
-        wait_for(lambda: in_sync_with(own_engine, simulator, "moonshot"), service)
+            assert service.alive()
+        wait_for(lambda: in_sync_with(own_engine, simulator, "moonshot"), service.process)
     finally:
-        stderr = stop(service)
+        stderr = service.stop()
 
     assert (alive.status_code, ready.status_code, metrics.status_code) == (200, 200, 200)
     if held == "source lock":

@@ -27,10 +27,17 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from history import assert_history_consistent
+from processes import LoggedService
 from receiver import Receiver
-from test_alerting_e2e import free_port, get, stop
-from test_cli import start_service
-from test_concurrency import alert_ids, as_events, events_after, in_sync_with, last_event_id
+from test_alerting_e2e import free_port, get
+from test_concurrency import (
+    alert_ids,
+    as_events,
+    events_after,
+    in_sync_with,
+    last_event_id,
+    wait,
+)
 
 from syncer.model import EventKind
 from syncer.simulator import Change
@@ -102,33 +109,31 @@ def test_soak(engine, database_url, env, simulator, tmp_path):
             "SYNCER_HTTP_HOST": "127.0.0.1",
             "SYNCER_HTTP_PORT": str(free_port()),
         }
-        service = start_service(service_env, tmp_path)
+        service = LoggedService(service_env, tmp_path, tmp_path / "service.log")
         rss: list[float] = []
         connections: list[int] = []
         truth: list[Change] = []
         try:
 
             def caught_up() -> bool:
-                if service.poll() is not None:
-                    pytest.fail(f"syncer run exited: {service.communicate()[1]}")
                 return all(in_sync_with(observer, simulator, s) for s in SOURCES)
 
-            wait(caught_up)
+            wait(caught_up, [service], what="syncer records the tick")
             start = last_event_id(observer)
             started = time.monotonic()
             while time.monotonic() - started < SOAK_SECONDS:
                 truth += simulator.step()
                 truth += [c for account in SOURCES for c in trim(simulator, account)]
-                wait(caught_up)
+                wait(caught_up, [service], what="syncer records the tick")
                 assert get(service_env, "/metrics").status_code == 200
                 rss.append(rss_mib(service.pid))
                 connections.append(syncer_connections(observer))
             elapsed = time.monotonic() - started
             recorded = events_after(observer, start)
             failed = [c for c in truth if c.new_status == "error"]
-            wait(lambda: len(receiver.received) >= len(failed))
+            wait(lambda: len(receiver.received) >= len(failed), [service], what="alerts arrive")
         finally:
-            stderr = stop(service)
+            stderr = service.stop()
 
         third = max(1, len(rss) // 3)
         figures = {
@@ -160,11 +165,3 @@ def test_soak(engine, database_url, env, simulator, tmp_path):
     assert "deadlock" not in stderr
     assert "Traceback" not in stderr
     observer.dispose()
-
-
-def wait(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        time.sleep(0.1)
