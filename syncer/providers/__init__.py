@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from syncer.bulk import gc_paused
 from syncer.providers import moonshot, siliconflow
 from syncer.providers.http import ProviderClient, call_with_retries, fatal, open_client
 
@@ -58,5 +57,4 @@ def fetch_listing(
         api = ProviderClient(
             client, source_name=source.name, policy=policy, dialect=adapter.dialect
         )
-        with gc_paused():  # a large listing is a million new objects
-            return call_with_retries(lambda: adapter.list_files(api, source), policy)
+        return call_with_retries(lambda: adapter.list_files(api, source), policy)

@@ -24,6 +24,7 @@ import httpx
 import orjson
 import stamina
 
+from syncer.bulk import gc_paused
 from syncer.errors import FatalProviderError, ProviderError, RetryableProviderError
 from syncer.redaction import redact
 
@@ -132,12 +133,13 @@ def parse_json_checked(body: bytes) -> tuple[object, bool]:
     without a NUL escape: orjson refuses lone surrogates and raw control characters,
     so then no string in the result holds a NUL or a lone surrogate.
     """
-    if not _may_hold_big_integers(body):
-        try:
-            return orjson.loads(body), _NUL_ESCAPE not in body
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(body, parse_constant=_reject_constant), False
+    with gc_paused():  # a listing of 100,000 files is a million new objects
+        if not _may_hold_big_integers(body):
+            try:
+                return orjson.loads(body), _NUL_ESCAPE not in body
+            except orjson.JSONDecodeError:
+                pass
+        return json.loads(body, parse_constant=_reject_constant), False
 
 
 def _may_hold_big_integers(body: bytes) -> bool:

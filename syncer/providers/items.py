@@ -12,6 +12,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from syncer.bulk import gc_paused
 from syncer.model import ListedFile, StatusClass, classify_status
 
 if TYPE_CHECKING:
@@ -66,11 +67,12 @@ def parse_items(
     usable: list[ListedFile] = []
     problems: list[str] = []
     classes: dict[str | None, StatusClass] = {}
-    for position, item in enumerate(items):
-        try:
-            usable.append(_parse_item(item, reports_status, storable=storable, classes=classes))
-        except _UnusableItemError as exc:
-            problems.append(f"item {position}{_id_hint(item)}: {exc}")
+    with gc_paused():  # 100,000 new ListedFiles
+        for position, item in enumerate(items):
+            try:
+                usable.append(_parse_item(item, reports_status, storable=storable, classes=classes))
+            except _UnusableItemError as exc:
+                problems.append(f"item {position}{_id_hint(item)}: {exc}")
     files, duplicate_problems = _drop_duplicates(usable)
     problems.extend(duplicate_problems)
     return ParsedItems(tuple(files), len(items) - len(files), _capped(problems))
