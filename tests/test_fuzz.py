@@ -271,24 +271,12 @@ GOOD = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (items.py): an id over ~2,700 bytes exceeds PostgreSQL's btree limit in "
-    "pk_files / ix_file_events_source_file_id_id and fails every sync of the source; it "
-    "should be skipped as unusable",
-)
 def test_a_huge_id_is_skipped_not_fatal(engine):
     source = Source(engine, "moonshot")
     source.serve([GOOD, {**GOOD, "id": random.Random(1).randbytes(1400).hex()}])
     check_sync(source)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (store._jsonb): an item whose raw holds both an integer beyond 64 bits and a "
-    "number beyond a float (1e400) is written as JSON 'Infinity', which jsonb refuses: every "
-    "sync of the source fails",
-)
 def test_a_huge_integer_beside_an_infinite_number_is_not_fatal(engine):
     source = Source(engine, "moonshot")
     source.serve([GOOD, {**GOOD, "id": "file-odd", "extra": [2**64, HUGE_FLOAT_MARKER]}])

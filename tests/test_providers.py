@@ -818,6 +818,7 @@ BAD_ITEMS = [
     ({k: v for k, v in ms_item().items() if k != "id"}, "id is null"),
     (ms_item(id=""), "id is a string ''"),
     (ms_item(id=42), "id is a number 42"),
+    (ms_item(id="x" * 257), "id is 257 characters long; syncer keeps ids of up to 256"),
     (ms_item(bytes="806"), "bytes is a string '806', not an integer"),
     (ms_item(bytes=True), "bytes is a boolean"),
     (ms_item(bytes=806.5), "bytes is a number 806.5"),

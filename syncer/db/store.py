@@ -10,6 +10,7 @@ number of files (docs/performance.md).
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Final
@@ -322,7 +323,20 @@ def _jsonb(value: object) -> bytes:
     try:
         return _JSONB_VERSION + orjson.dumps(value)
     except orjson.JSONEncodeError:  # an integer beyond 64 bits, in an untracked field
-        return _JSONB_VERSION + json.dumps(value, ensure_ascii=False).encode()
+        # The standard library would write a number beyond a float (1e400, parsed as
+        # inf) as `Infinity`, which jsonb refuses; orjson writes null, and so do we.
+        return _JSONB_VERSION + json.dumps(_finite(value), ensure_ascii=False).encode()
+
+
+def _finite(value: object) -> object:
+    """`value` with every infinite or NaN float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _names(columns: Iterable[sa.Column[Any]], table: str | None = None) -> sql.Composed:

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 MAX_PROBLEMS: Final = 20
+# Ids are indexed, and a PostgreSQL btree entry holds at most ~2,700 bytes: 256
+# characters (1 KiB of UTF-8 at most) is far beyond any real id and safely below.
+MAX_ID_CHARACTERS: Final = 256
 
 _INT64: Final = (-(2**63), 2**63 - 1)  # PostgreSQL bigint
 _INT32: Final = (-(2**31), 2**31 - 1)  # PostgreSQL integer
@@ -89,7 +92,7 @@ def json_type(value: object) -> str:
     return type(value).__name__
 
 
-def _parse_item(  # noqa: C901 - one flat run of checks; helpers would cost a call per field
+def _parse_item(  # noqa: C901, PLR0912 - one flat run of checks; helpers would cost a call per field
     item: object,
     reports_status: bool,  # noqa: FBT001 - positional: this runs once per listed file
     *,
@@ -112,6 +115,10 @@ def _parse_item(  # noqa: C901 - one flat run of checks; helpers would cost a ca
     file_id = get("id")
     if not isinstance(file_id, str) or not file_id:
         raise _UnusableItemError(f"id is {_describe(file_id)}, not a non-empty string")
+    if len(file_id) > MAX_ID_CHARACTERS:
+        raise _UnusableItemError(
+            f"id is {len(file_id)} characters long; syncer keeps ids of up to {MAX_ID_CHARACTERS}"
+        )
     status = get("status") if reports_status else None
     if status is not None and type(status) is not str:
         status = _optional_str(item, "status")
