@@ -137,6 +137,9 @@ def sync_source(
                         observed_at=observed_at,
                     )
                     outbox.insert_alerts(conn, raised, sync_run_id=run_id, now=observed_at)
+                    # The run row went in first (events refer to it); its end is now,
+                    # so the recorded duration includes the writes.
+                    store.finish_run(conn, run_id, clock())
             except SQLAlchemyError as error:
                 # The transaction is rolled back: nothing of this listing was applied.
                 message = f"writing the listing failed: {describe_db_error(error)}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -119,6 +120,23 @@ def test_first_sync_fills_files_events_and_runs(engine, run, fake):
     assert run_row["outcome"] == "ok"
     assert (run_row["files_listed"], run_row["appeared"], run_row["error"]) == (3, 3, None)
     assert run_row["started_at"] <= run_row["finished_at"]
+
+
+def test_a_runs_finish_time_is_taken_after_its_writes(engine, run, fake):
+    fake.add("a", "ok")
+    ticks = iter(range(100))
+    base = datetime(2026, 11, 21, tzinfo=UTC)
+    readings: list[datetime] = []
+
+    def clock() -> datetime:
+        readings.append(base + timedelta(seconds=next(ticks)))
+        return readings[-1]
+
+    run(clock=clock)
+
+    (run_row,) = rows(engine, "SELECT started_at, finished_at FROM sync_runs")
+    assert run_row["started_at"] == readings[0]
+    assert run_row["finished_at"] == readings[-1]  # the last reading: after every write
 
 
 def test_changes_disappearance_and_reappearance_are_recorded(engine, run, fake):

@@ -213,6 +213,13 @@ def apply_plan(conn: sa.Connection, plan: Plan, run: RunRecord, *, observed_at: 
     return run_id
 
 
+def finish_run(conn: sa.Connection, run_id: int, finished_at: datetime) -> None:
+    """Stamp the end of a run whose row was written before its writes were done."""
+    conn.execute(
+        sa.update(sync_runs).where(sync_runs.c.id == run_id).values(finished_at=finished_at)
+    )
+
+
 def insert_run(conn: sa.Connection, run: RunRecord, plan: Plan | None = None) -> int:
     """Insert the `sync_runs` row; a run without a plan (a failed one) counts nothing."""
     counts: dict[str, Any] = {}
