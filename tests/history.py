@@ -1,4 +1,4 @@
-"""The audit trail checked against the inventory: DESIGN.md 5.6 as one reusable assertion.
+"""The audit trail checked against the inventory, and against the simulator's truth.
 
 For every file row, its events (in id order) must tell a possible story that ends where
 the row is: `appeared` first; statuses chain (each event starts from the status the
@@ -6,14 +6,26 @@ previous one ended with); `disappeared` only for a present file and `reappeared`
 for a gone one; and replaying the events' `changes` from nothing rebuilds the row's
 tracked fields. A duplicated event breaks the chain, a lost one breaks it or the
 replay. Every event belongs to a file row.
+
+The simulator's `step()` returns the changes it made; `as_events` turns them into the
+events syncer must record, to compare with `events_after` a point in the trail.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+
+from syncer.model import EventKind
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from syncer.simulator import Change, Simulator
 
 TRACKED = ("filename", "purpose", "bytes", "line_count", "status", "status_details", "created_at")
 
@@ -91,3 +103,80 @@ def _event_problems(event: dict[str, Any], state: dict[str, Any], *, present: bo
     if event["changes"].get("status", [None, state.get("status")])[1] != new:
         problems.append(f"event {at}: new_status {new!r} disagrees with its changes")
     return problems
+
+
+# --- The truth (the simulator's changes) against the trail --------------------------
+
+Event = tuple[str, str, str, str | None, str | None]
+
+
+def as_events(changes: Iterable[Change]) -> Counter[Event]:
+    """The events syncer must record for `changes`, as (source, file id, kind, old, new)."""
+    return Counter(
+        (c.account, c.file_id, c.kind.value, c.old_status, c.new_status) for c in changes
+    )
+
+
+def events_after(engine: sa.Engine, last_id: int) -> Counter[Event]:
+    """The events recorded after event `last_id`, in the same shape."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT source, file_id, kind, old_status, new_status FROM file_events"
+                " WHERE id > :id"
+            ),
+            {"id": last_id},
+        )
+        return Counter(tuple(row) for row in rows)
+
+
+def last_event_id(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        last: int = conn.execute(
+            sa.text("SELECT coalesce(max(id), 0) FROM file_events")
+        ).scalar_one()
+        return last
+
+
+def in_sync_with(engine: sa.Engine, simulator: Simulator, account: str) -> bool:
+    """The source's present files and their statuses are what the simulator lists."""
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.text("SELECT file_id, status FROM current_files WHERE source = :s"), {"s": account}
+        )
+        return dict(tuple(row) for row in stored) == {
+            f["id"]: f.get("status") for f in simulator.files(account)
+        }
+
+
+def alert_ids(messages: Iterable[dict[str, Any]]) -> list[str]:
+    """The alert id each message ends with (`Alert id: ...`), in the order received."""
+    return [
+        line.removeprefix("Alert id: ")
+        for message in messages
+        for line in message["message"].splitlines()
+        if line.startswith("Alert id: ")
+    ]
+
+
+def net_of_tick(changes: Iterable[Change]) -> list[Change]:
+    """The changes of one tick as a sync that saw before and after must record them.
+
+    A tick may settle a file and then delete it (the simulator deletes a random file):
+    syncer, which never saw the settled status, records one `disappeared` from the
+    status before the tick, and nothing else about that file.
+    """
+    changes = list(changes)
+    gone = {(c.account, c.file_id) for c in changes if c.kind is EventKind.DISAPPEARED}
+    status_before: dict[tuple[str, str], str | None] = {}
+    for change in changes:
+        if change.kind is EventKind.STATUS_CHANGED:
+            status_before.setdefault((change.account, change.file_id), change.old_status)
+    net = []
+    for change in changes:
+        key = (change.account, change.file_id)
+        if change.kind is EventKind.DISAPPEARED and key in status_before:
+            net.append(replace(change, old_status=status_before[key]))
+        elif key not in gone or change.kind is EventKind.DISAPPEARED:
+            net.append(change)
+    return net

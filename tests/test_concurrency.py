@@ -8,17 +8,24 @@ event), each alert raised once and delivered once, and no process may deadlock.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pytest
-from history import assert_history_consistent
+from history import (
+    alert_ids,
+    as_events,
+    assert_history_consistent,
+    events_after,
+    in_sync_with,
+    last_event_id,
+    net_of_tick,
+)
 from processes import LoggedService
 from receiver import Receiver
-from test_cli import listed_ids, present_ids, query, syncer
+from test_cli import query, syncer
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -27,44 +34,6 @@ PROCESSES = 5
 ROUNDS = 3
 CHURN_SECONDS = 10.0
 SOURCES = ("moonshot", "siliconflow")
-
-
-def as_events(changes) -> Counter[tuple[str, str, str, str | None, str | None]]:
-    return Counter(
-        (c.account, c.file_id, c.kind.value, c.old_status, c.new_status) for c in changes
-    )
-
-
-def events_after(engine, last_id: int) -> Counter[tuple[str, str, str, str | None, str | None]]:
-    rows = query(
-        engine,
-        "SELECT source, file_id, kind, old_status, new_status FROM file_events WHERE id > :id",
-        id=last_id,
-    )
-    return Counter(
-        (r["source"], r["file_id"], r["kind"], r["old_status"], r["new_status"]) for r in rows
-    )
-
-
-def last_event_id(engine) -> int:
-    return query(engine, "SELECT coalesce(max(id), 0) AS id FROM file_events")[0]["id"]
-
-
-def in_sync_with(engine, simulator, account: str) -> bool:
-    if present_ids(engine, account) != listed_ids(simulator, account):
-        return False
-    stored = query(engine, "SELECT file_id, status FROM current_files WHERE source = :s", s=account)
-    return {r["file_id"]: r["status"] for r in stored} == {
-        f["id"]: f.get("status") for f in simulator.files(account)
-    }
-
-
-def alert_ids(receiver: Receiver) -> list[str]:
-    return [
-        match
-        for message in list(receiver.received)
-        for match in re.findall(r"^Alert id: (\S+)$", message["message"], re.MULTILINE)
-    ]
 
 
 def no_deadlock(output: str) -> None:
@@ -96,7 +65,7 @@ def test_five_concurrent_syncs_record_each_change_once(engine, env, simulator, t
     assert {r["source"]: r["n"] for r in appeared} == dict.fromkeys(sources, 20)
     for _ in range(ROUNDS):
         last = last_event_id(engine)
-        changes = [c for c in simulator.step() if c.account in sources]
+        changes = [c for c in net_of_tick(simulator.step()) if c.account in sources]
         truth.extend(changes)
         race()
         assert events_after(engine, last) == as_events(changes)  # once, however many raced
@@ -141,7 +110,7 @@ def test_two_replicas_share_one_database(engine, env, simulator, tmp_path):
             start = last_event_id(engine)
             churn_until = time.monotonic() + CHURN_SECONDS
             while time.monotonic() < churn_until:
-                truth += simulator.step()  # every tick: files appear, settle, fail, go
+                truth += net_of_tick(simulator.step())  # files appear, settle, fail, go
                 ticks += 1
                 wait(caught_up, replicas, what="the replicas record the tick")
             recorded = events_after(engine, start)
@@ -156,7 +125,7 @@ def test_two_replicas_share_one_database(engine, env, simulator, tmp_path):
         for source in SOURCES:
             assert_history_consistent(engine, source)
         assert failed
-        delivered = alert_ids(receiver)
+        delivered = alert_ids(receiver.received)
         assert len(delivered) == len(set(delivered))  # each delivered exactly once
         alerts = query(engine, "SELECT alert_key, kind, file_id, state FROM alerts")
         assert sorted(delivered) == sorted(a["alert_key"] for a in alerts)

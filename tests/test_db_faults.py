@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -20,11 +19,19 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 import sqlalchemy as sa
+from history import (
+    alert_ids,
+    as_events,
+    events_after,
+    in_sync_with,
+    last_event_id,
+    net_of_tick,
+)
 from pgserver import PrivateServer
 from processes import LoggedService
 from receiver import Receiver
 from test_alerting_e2e import free_port, get, scrape
-from test_cli import count_runs, listed_ids, present_ids, query, syncer, wait_for
+from test_cli import count_runs, present_ids, query, syncer, wait_for
 
 from syncer.db import store
 from syncer.db.engine import create_db_engine
@@ -75,33 +82,6 @@ def own_engine(own_database):
     engine.dispose()
 
 
-def events_since(engine, last_id: int) -> list[tuple[str, str, str | None, str | None]]:
-    rows = query(
-        engine,
-        "SELECT source, file_id, kind, old_status, new_status FROM file_events"
-        " WHERE id > :id ORDER BY id",
-        id=last_id,
-    )
-    return [(r["source"], r["file_id"], r["kind"], r["old_status"], r["new_status"]) for r in rows]
-
-
-def as_events(changes) -> list[tuple[str, str, str, str | None, str | None]]:
-    return [(c.account, c.file_id, c.kind.value, c.old_status, c.new_status) for c in changes]
-
-
-def last_event_id(engine) -> int:
-    return query(engine, "SELECT coalesce(max(id), 0) AS id FROM file_events")[0]["id"]
-
-
-def in_sync_with(engine, simulator, account: str) -> bool:
-    if present_ids(engine, account) != listed_ids(simulator, account):
-        return False
-    stored = query(engine, "SELECT file_id, status FROM current_files WHERE source = :s", s=account)
-    return {r["file_id"]: r["status"] for r in stored} == {
-        f["id"]: f.get("status") for f in simulator.files(account)
-    }
-
-
 def snapshot(engine) -> dict[str, list[dict]]:
     """Every row of every table, files with their physical version (xmin)."""
     return {
@@ -117,16 +97,6 @@ def syncer_backends(conn: psycopg.Connection) -> list[tuple]:
         "SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity"
         " WHERE datname = current_database() AND application_name = 'syncer'"
     ).fetchall()
-
-
-def delivered_alert_ids(receiver: Receiver) -> list[str]:
-    """The alert id at the end of every message the receiver accepted."""
-    return [
-        line.removeprefix("Alert id: ")
-        for message in receiver.received
-        for line in message["message"].splitlines()
-        if line.startswith("Alert id: ")
-    ]
 
 
 def wait_until(condition, timeout: float = 60, what: str = "condition") -> None:
@@ -168,7 +138,7 @@ def test_run_rides_out_a_database_restart(
             engine.dispose()
 
             private_server.stop(mode)
-            changes = simulator.step()  # files settle, one fails, new ones appear
+            changes = net_of_tick(simulator.step())  # files settle, one fails, new ones appear
             wait_for(lambda: get(service_env, "/readyz").status_code == 503, service.process)
             not_ready = get(service_env, "/readyz")
             time.sleep(3 * INTERVAL)  # a few ticks against no database at all
@@ -193,7 +163,7 @@ def test_run_rides_out_a_database_restart(
         assert during["syncer_database_up", ()] == 0
         assert ready_again.status_code == 200
         # Every change made while the database was down, recorded once.
-        assert Counter(events_since(engine, before_outage)) == Counter(as_events(changes))
+        assert events_after(engine, before_outage) == as_events(changes)
         first_after = query(
             engine,
             "SELECT source, min(finished_at) AS at FROM sync_runs"
@@ -205,7 +175,7 @@ def test_run_rides_out_a_database_restart(
             assert (run["at"] - back).total_seconds() < RESUME_WITHIN, run
         # Each failure raised once and delivered once.
         assert failed_files
-        delivered = delivered_alert_ids(receiver)
+        delivered = alert_ids(receiver.received)
         assert len(delivered) == len(set(delivered))
         assert sorted(key.rsplit("/", 1)[1] for key in delivered) == sorted(
             c.file_id for c in failed_files
@@ -224,8 +194,9 @@ def test_the_database_dying_inside_a_sync_transaction(
     simulator.add_files("moonshot", 4, status="processing")
     assert syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path).returncode == 0
     before = snapshot(private_engine)
+    last = last_event_id(private_engine)
     private_engine.dispose()
-    changes = simulator.step("moonshot")
+    changes = net_of_tick(simulator.step("moonshot"))
 
     # closing, not `with`: leaving a psycopg `with` block commits, and the server is gone.
     with (
@@ -259,9 +230,7 @@ def test_the_database_dying_inside_a_sync_transaction(
     assert snapshot(private_engine) == before
     again = syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert Counter(events_since(private_engine, 0)[len(before["file_events"]) :]) == Counter(
-        as_events(changes)
-    )
+    assert events_after(private_engine, last) == as_events(changes)
 
 
 # --- A sync killed halfway through its transaction --------------------------------------
@@ -280,7 +249,7 @@ def test_a_sync_killed_mid_transaction_leaves_the_previous_state(
     first = syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     before = snapshot(own_engine)
-    changes = simulator.step("moonshot")  # settles all 4 (one fails), adds new ones
+    changes = net_of_tick(simulator.step("moonshot"))  # 4 settle (one fails), new ones
     assert any(c.new_status == "error" for c in changes)
 
     with (
@@ -329,10 +298,10 @@ def test_a_sync_killed_mid_transaction_leaves_the_previous_state(
     last = last_event_id(own_engine)
     again = syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert Counter(events_since(own_engine, last)) == Counter(as_events(changes))
+    assert events_after(own_engine, last) == as_events(changes)
     once_more = syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path)
     assert once_more.returncode == 0
-    assert len(events_since(own_engine, 0)) == len(before["file_events"]) + len(changes)
+    assert events_after(own_engine, last) == as_events(changes)  # nothing twice
     alerts = query(own_engine, "SELECT kind, file_id FROM alerts")
     assert [a["file_id"] for a in alerts] == [c.file_id for c in changes if c.new_status == "error"]
 

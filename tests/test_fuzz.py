@@ -257,8 +257,8 @@ def test_odd_listings_never_break_a_sync(engine, provider, data):
         check_sync(source)
 
 
-# Bugs the fuzzer found, pinned down as plain examples. Strict: when the fix lands,
-# these pass, pytest says so, and the marker goes.
+# Bugs the fuzzer found (both fixed), pinned down as plain examples: a random run may
+# not generate them again.
 GOOD = {
     "id": "file-good",
     "object": "file",

@@ -18,28 +18,35 @@ The figures are printed as one `soak:` line (shown with -s).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
 import time
+import weakref
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
-from history import assert_history_consistent
-from processes import LoggedService
-from receiver import Receiver
-from test_alerting_e2e import free_port, get
-from test_concurrency import (
+from conftest import make_source
+from history import (
     alert_ids,
     as_events,
+    assert_history_consistent,
     events_after,
     in_sync_with,
     last_event_id,
-    wait,
+    net_of_tick,
 )
+from processes import LoggedService
+from receiver import Receiver
+from test_alerting_e2e import free_port, get
+from test_concurrency import wait
 
+from syncer.config import HttpPolicy
 from syncer.model import EventKind
+from syncer.providers import fetch_listing
 from syncer.simulator import Change
 
 SOAK_SECONDS = float(os.environ.get("SYNCER_SOAK_SECONDS", "15"))
@@ -47,10 +54,10 @@ STEADY_FILES = 60  # per account
 SOURCES = ("moonshot", "siliconflow")
 # The engine's pool: pool_size 2 + max_overflow 4 (syncer/db/engine.py).
 MAX_CONNECTIONS = 6
-# Allowed growth of RSS from the first third of the run to the last, in MiB: the
-# allocator's noise, not a leak (a leak of one listing per tick would be far more
-# over a few minutes).
-RSS_SLACK_MIB = 16
+# Allowed growth of RSS from the first third of the run to the last, in MiB. Measured
+# over 300 s: +0.8 without a leak (the gone files' rows that every sync reads keep
+# growing a little), +5.8 with the gc.freeze leak (see the xfail below).
+RSS_SLACK_MIB = 3
 
 
 def rss_mib(pid: int) -> float:
@@ -122,8 +129,9 @@ def test_soak(engine, database_url, env, simulator, tmp_path):
             start = last_event_id(observer)
             started = time.monotonic()
             while time.monotonic() - started < SOAK_SECONDS:
-                truth += simulator.step()
-                truth += [c for account in SOURCES for c in trim(simulator, account)]
+                tick = simulator.step()
+                tick += [c for account in SOURCES for c in trim(simulator, account)]
+                truth += net_of_tick(tick)
                 wait(caught_up, [service], what="syncer records the tick")
                 assert get(service_env, "/metrics").status_code == 200
                 rss.append(rss_mib(service.pid))
@@ -131,7 +139,9 @@ def test_soak(engine, database_url, env, simulator, tmp_path):
             elapsed = time.monotonic() - started
             recorded = events_after(observer, start)
             failed = [c for c in truth if c.new_status == "error"]
-            wait(lambda: len(receiver.received) >= len(failed), [service], what="alerts arrive")
+            deadline = time.monotonic() + 30
+            while len(receiver.received) < len(failed) and time.monotonic() < deadline:
+                time.sleep(0.1)
         finally:
             stderr = service.stop()
 
@@ -142,6 +152,7 @@ def test_soak(engine, database_url, env, simulator, tmp_path):
             "rss_first_mib": round(rss[0], 1),
             "rss_last_mib": round(rss[-1], 1),
             "rss_max_mib": round(max(rss), 1),
+            "rss_series_mib": [round(rss[i * (len(rss) - 1) // 9], 1) for i in range(10)],
             "rss_first_third_median_mib": round(statistics.median(rss[:third]), 1),
             "rss_last_third_median_mib": round(statistics.median(rss[-third:]), 1),
             "max_db_connections": max(connections),
@@ -151,6 +162,13 @@ def test_soak(engine, database_url, env, simulator, tmp_path):
         }
         print("soak:", json.dumps(figures))  # noqa: T201 - the figures docs/reliability.md quotes
 
+        with observer.connect() as conn:
+            alerts = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    sa.text("SELECT alert_key, state, attempts, last_error FROM alerts")
+                )
+            ]
         assert len(rss) >= 5
         assert recorded == as_events(truth)
         for source in SOURCES:
@@ -160,8 +178,41 @@ def test_soak(engine, database_url, env, simulator, tmp_path):
             <= figures["rss_first_third_median_mib"] + RSS_SLACK_MIB
         ), figures
         assert max(connections) <= MAX_CONNECTIONS, figures
-        delivered = alert_ids(receiver)
-        assert len(delivered) == len(set(delivered)) == len(failed)
+        delivered = alert_ids(receiver.received)
+        assert len(delivered) == len(set(delivered)) == len(failed), (
+            len(failed),
+            sorted(set(delivered) ^ {a["alert_key"] for a in alerts}),
+            [a for a in alerts if a["state"] != "sent"],
+        )
     assert "deadlock" not in stderr
     assert "Traceback" not in stderr
     observer.dispose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (syncer/bulk.py gc_paused): the last pause to end gc.freeze()s every live "
+    "object, garbage cycles included; the next pause unfreezes them but disables the "
+    "collector and freezes them again at its end, so a cycle made between syncs is never "
+    "collected: the soak's RSS grows ~1.7 MiB/min at a 1 s interval",
+)
+def test_garbage_made_between_syncs_is_collected():
+    """What keeps RSS flat over days: a reference cycle dropped between two syncs is
+    collected. In-process and deterministic, unlike an RSS figure."""
+    body = json.dumps({"object": "list", "data": []}).encode()
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, content=body))
+    source = make_source("moonshot", "moonshot", "https://api.test/v1", "sk-soak-test-key")
+    fetch_listing(source, HttpPolicy(), transport=transport)
+
+    class Node:
+        me: Node
+
+    garbage = Node()
+    garbage.me = garbage
+    collected = weakref.ref(garbage)
+    del garbage
+    for _ in range(3):
+        fetch_listing(source, HttpPolicy(), transport=transport)
+    gc.collect()
+
+    assert collected() is None
