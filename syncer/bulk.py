@@ -20,24 +20,19 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _depth = 0
 _resume = False
-_froze = False
 
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector for the block; nests, also across threads.
 
-    When the last block exits, the objects still alive are frozen (`gc.freeze`) before
-    the collector resumes: otherwise its first run would walk all of them, young as
-    they are, and they die soon after by reference counting anyway. The next pause
-    unfreezes them, so a cycle among them is collected at the latest after it.
+    Nothing is frozen when it resumes (`gc.freeze` would also freeze any garbage cycle
+    alive at that moment, out of the collector's reach for good: a slow leak in a
+    service that syncs every few minutes for months).
     """
-    global _depth, _resume, _froze  # noqa: PLW0603 - the collector is process-wide too
+    global _depth, _resume  # noqa: PLW0603 - the collector is process-wide too
     with _lock:
         if _depth == 0:
-            if _froze:
-                gc.unfreeze()
-                _froze = False
             _resume = gc.isenabled()
             gc.disable()
         _depth += 1
@@ -47,7 +42,4 @@ def gc_paused() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0 and _resume:
-                if gc.get_freeze_count() == 0:  # never thaw what someone else froze
-                    gc.freeze()
-                    _froze = True
                 gc.enable()

@@ -56,7 +56,8 @@ SOURCES = ("moonshot", "siliconflow")
 MAX_CONNECTIONS = 6
 # Allowed growth of RSS from the first third of the run to the last, in MiB. Measured
 # over 300 s: +0.8 without a leak (the gone files' rows that every sync reads keep
-# growing a little), +5.8 with the gc.freeze leak (see the xfail below).
+# growing a little), +5.8 with the gc.freeze leak that
+# test_garbage_made_between_syncs_is_collected guards against.
 RSS_SLACK_MIB = 3
 
 
@@ -189,13 +190,6 @@ def test_soak(engine, database_url, env, simulator, tmp_path):
     observer.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (syncer/bulk.py gc_paused): the last pause to end gc.freeze()s every live "
-    "object, garbage cycles included; the next pause unfreezes them but disables the "
-    "collector and freezes them again at its end, so a cycle made between syncs is never "
-    "collected: the soak's RSS grows ~1.7 MiB/min at a 1 s interval",
-)
 def test_garbage_made_between_syncs_is_collected():
     """What keeps RSS flat over days: a reference cycle dropped between two syncs is
     collected. In-process and deterministic, unlike an RSS figure."""
