@@ -681,7 +681,8 @@ def test_stop_hangs_up_and_frees_the_port():
 
 def test_command_line_serves_and_stops_on_ctrl_c():
     command = [sys.executable, "-m", "syncer.simulator", "--port", "0", "--files", "3"]
-    command += ["--step-seconds", "0.1", "--seed", "1"]
+    # The first change comes 2 s in: long after the listing below, even on a busy box.
+    command += ["--step-seconds", "2", "--seed", "1"]
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
