@@ -25,23 +25,10 @@ if TYPE_CHECKING:
 _AGO = re.compile(r"(\d+)\s*([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
-# `raw` is the provider's whole object and `missing_count` an internal counter: both
-# stay in SQL, where `files` has them.
-_FILE_COLUMNS = (
-    "source",
-    "file_id",
-    "provider",
-    "filename",
-    "purpose",
-    "bytes",
-    "line_count",
-    "status",
-    "status_details",
-    "status_class",
-    "created_at",
-    "first_seen_at",
-    "changed_at",
-    "deleted_at",
+# Every column of `files` but `raw` (the provider's whole object) and `missing_count`
+# (an internal counter): both stay in SQL, where `files` has them.
+_FILE_COLUMNS = tuple(
+    column.name for column in files.columns if column.name not in {"raw", "missing_count"}
 )
 _EVENT_COLUMNS = (
     "id",
