@@ -67,6 +67,25 @@ class StoredFile:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredState:
+    """What a plan needs of a source's stored files.
+
+    present: the missing count of every present file, by id.
+    files:   the compared columns of every stored file that the listing may change or
+             leave out: all of them but the present files in `Listing.unchanged`.
+    """
+
+    present: Mapping[str, int]
+    files: Mapping[str, StoredFile]
+
+    @classmethod
+    def of(cls, files: Mapping[str, StoredFile]) -> StoredState:
+        """The state of a source whose stored files are all at hand."""
+        present = {f.file_id: f.missing_count for f in files.values() if f.deleted_at is None}
+        return cls(present, files)
+
+
+@dataclass(frozen=True, slots=True)
 class PlannedEvent:
     file_id: str
     kind: EventKind
@@ -105,19 +124,23 @@ class Plan:
 
 def plan_sync(
     listing: Listing,
-    stored: Mapping[str, StoredFile],
+    stored: StoredState | Mapping[str, StoredFile],
     rules: SyncRules,
     *,
     allow_mass_disappear: bool = False,
 ) -> Plan:
-    """Compare a listing with the stored state of the same source and plan the writes."""
+    """Compare a listing with the stored state of the same source and plan the writes.
+
+    `stored` is a StoredState, or simply every stored file of the source by id.
+    """
+    state = stored if isinstance(stored, StoredState) else StoredState.of(stored)
     with gc_paused():  # planning 100,000 appearances creates a million objects
-        return _plan(listing, stored, rules, allow_mass_disappear=allow_mass_disappear)
+        return _plan(listing, state, rules, allow_mass_disappear=allow_mass_disappear)
 
 
 def _plan(
     listing: Listing,
-    stored: Mapping[str, StoredFile],
+    stored: StoredState,
     rules: SyncRules,
     *,
     allow_mass_disappear: bool,
@@ -126,8 +149,11 @@ def _plan(
     missing_counts: list[tuple[str, int]] = []
     events: list[PlannedEvent] = []
 
+    # Listed exactly as stored: only a missing count can need resetting.
+    missing_counts.extend((file_id, 0) for file_id in listing.unchanged if stored.present[file_id])
+    known = stored.files
     for listed in listing.files:
-        old = stored.get(listed.file_id)
+        old = known.get(listed.file_id)
         # The usual case first, cheaply: a present file whose tracked fields are equal.
         if (
             old is not None
@@ -171,7 +197,7 @@ def _plan(
 
 def _plan_missing(
     listing: Listing,
-    stored: Mapping[str, StoredFile],
+    stored: StoredState,
     rules: SyncRules,
     *,
     allow_mass_disappear: bool,
@@ -184,11 +210,11 @@ def _plan_missing(
     """
     disappearances, events, missing_counts = into
     listed_ids = {listed.file_id for listed in listing.files}
-    present = [f for f in stored.values() if f.deleted_at is None]
-    missing = [f for f in present if f.file_id not in listed_ids]
+    listed_ids.update(listing.unchanged)
+    missing = [stored.files[file_id] for file_id in stored.present if file_id not in listed_ids]
     due = [f for f in missing if f.missing_count + 1 >= rules.missing_grace]
     held = 0
-    if not allow_mass_disappear and _trips_breaker(len(due), len(present), rules):
+    if not allow_mass_disappear and _trips_breaker(len(due), len(stored.present), rules):
         held = len(due)
     for gone in missing:
         if not held and gone.missing_count + 1 >= rules.missing_grace:

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import builtins
     from datetime import datetime
 
 
@@ -76,6 +77,8 @@ class ListedFile:
     status_class: StatusClass
     created_at: datetime
     raw: dict[str, Any]
+    digest: builtins.bytes | None = None  # `bytes` is a field here
+    """Of the item's exact JSON text (providers.items.item_digest); None if not known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +88,17 @@ class Listing:
     `complete` is False when the provider may have cut the listing short (a
     SiliconFlow page of `limit` items) or when any item was unusable: either way a
     file missing from `files` may still exist, so nothing may be marked disappeared.
+
+    `unchanged` names the present files whose item was listed byte for byte as when
+    it was last stored (its digest matched): they are not parsed again, and so are not
+    in `files`.
     """
 
     files: tuple[ListedFile, ...]
     truncated: bool = False
     skipped: int = 0
     problems: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -99,4 +107,4 @@ class Listing:
     @property
     def items_listed(self) -> int:
         """Every item the provider sent, usable or not."""
-        return len(self.files) + self.skipped
+        return len(self.files) + len(self.unchanged) + self.skipped

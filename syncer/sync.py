@@ -1,7 +1,9 @@
 """One sync of one source, top to bottom:
 
-    lock the source -> fetch the listing -> (one transaction: read the stored state,
-    plan, write rows + events + run record + alerts) -> unlock
+    lock the source -> read the digests of its stored items -> fetch the listing,
+    parsing only the items whose digest is new -> (one transaction: read the stored
+    rows the listing may change, plan, write rows + events + run record + alerts)
+    -> unlock
 
 A failed listing is recorded as a `failed` run and changes nothing else. Any failure
 while writing rolls the whole transaction back (the previous state stays) and is
@@ -102,8 +104,18 @@ def sync_source(
 
     try:
         with engine.connect() as conn, store.source_lock(conn, source.name):
+            # Read before the fetch, under the lock that keeps every other writer of
+            # this source's files away until this sync is done.
             try:
-                listing = fetch_listing(source, policy, transport=transport)
+                with conn.begin():
+                    known = store.load_known(conn, source.name)
+            except SQLAlchemyError as error:
+                message = f"reading the stored files failed: {describe_db_error(error)}"
+                log.exception("source %s: %s", source.name, message)
+                failed_run = _record_failure(engine, source, started_at, clock(), message)
+                return finish(Outcome.FAILED, failed_run, error=message)
+            try:
+                listing = fetch_listing(source, policy, transport=transport, known=known.digests)
             except ProviderError as error:
                 message = redact(str(error))
                 with conn.begin():
@@ -114,7 +126,7 @@ def sync_source(
             try:
                 with conn.begin():
                     history = outbox.source_history(conn, source.name)
-                    stored = store.load_state(conn, source.name)
+                    stored = store.load_stored_state(conn, source.name, listing, known)
                     plan = plan_sync(
                         listing, stored, rules, allow_mass_disappear=allow_mass_disappear
                     )

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -97,6 +98,9 @@ files = Table(
     # Internal: consecutive complete listings this present file was missing from
     # (SYNCER_MISSING_GRACE). Zero while the file is listed.
     _counter("missing_count"),
+    # Internal: digest of the item's JSON text when the row was last written
+    # (providers.items.item_digest); an item listed with the same one is unchanged.
+    Column("listed_digest", LargeBinary, nullable=True),
     PrimaryKeyConstraint("source", "file_id"),
     CheckConstraint(_one_of("status_class", [c.value for c in StatusClass]), name="status_class"),
     # Reports ask about present files by class (failed_files); gone files never match.

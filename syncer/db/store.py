@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 
 from syncer.bulk import gc_paused
 from syncer.db.schema import file_events, files, sync_runs
-from syncer.diff import StoredFile
+from syncer.diff import StoredFile, StoredState
 from syncer.errors import SourceBusyError
 from syncer.model import EventKind, Outcome
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from syncer.diff import Plan
-    from syncer.model import ListedFile
+    from syncer.model import ListedFile, Listing
 
 _LOCK_KEY = sa.func.hashtextextended(sa.literal("syncer.source:") + sa.bindparam("source"), 0)
 _LOCK_NOT_AVAILABLE = "55P03"
@@ -43,6 +43,13 @@ _SET_ONCE_COLUMNS = frozenset({"source", "file_id", "provider", "first_seen_at"}
 _LOAD_STATE: Final = sql.SQL("SELECT {columns} FROM files WHERE source = %s").format(
     columns=sql.SQL(", ").join(sql.Identifier(field.name) for field in fields(StoredFile))
 )
+# One primary-key lookup per id, whatever the planner thinks of the table (right after
+# a bulk load it has no statistics and would read the whole source): LIMIT keeps the
+# lateral subquery from being flattened into a join it could plan otherwise.
+_LOAD_STATE_OF: Final = sql.SQL(
+    "SELECT stored.* FROM unnest(%s::text[]) AS wanted (id) CROSS JOIN LATERAL"
+    " (SELECT {columns} FROM files WHERE source = %s AND file_id = wanted.id LIMIT 1) AS stored"
+).format(columns=sql.SQL(", ").join(sql.Identifier(field.name) for field in fields(StoredFile)))
 # The order of the rows that _file_rows and apply_plan build for COPY.
 _FILE_COLUMNS: Final = tuple(
     files.c[name]
@@ -63,6 +70,7 @@ _FILE_COLUMNS: Final = tuple(
         "deleted_at",
         "raw",
         "missing_count",
+        "listed_digest",
     )
 )
 _EVENT_COLUMNS: Final = tuple(
@@ -88,6 +96,7 @@ _COPY_TYPES: Final[dict[type[sa.types.TypeEngine[Any]], str]] = {
     sa.BigInteger: "int8",
     sa.Integer: "int4",
     sa.DateTime: "timestamptz",
+    sa.LargeBinary: "bytea",
     JSONB: "bytea",
 }
 _JSONB_VERSION: Final = b"\x01"
@@ -136,8 +145,50 @@ def source_lock(conn: sa.Connection, source: str) -> Iterator[None]:
             conn.commit()
 
 
-def load_state(conn: sa.Connection, source: str) -> dict[str, StoredFile]:
-    """The compared columns of every file of `source`, present or gone."""
+@dataclass(frozen=True, slots=True)
+class KnownFiles:
+    """The present files of a source, in brief: enough to tell which items are unchanged.
+
+    digests: digest of the listed item (items.item_digest) -> file id
+    present: file id -> missing count
+    """
+
+    digests: dict[bytes, str]
+    present: dict[str, int]
+
+
+def load_known(conn: sa.Connection, source: str) -> KnownFiles:
+    """Read KnownFiles of `source`: three small columns of its present rows."""
+    with _driver_cursor(conn, binary=True) as cursor, gc_paused():
+        rows = cursor.execute(
+            "SELECT file_id, listed_digest, missing_count FROM files"
+            " WHERE source = %s AND deleted_at IS NULL",
+            (source,),
+        ).fetchall()
+        digests = {digest: file_id for file_id, digest, _ in rows if digest is not None}
+        return KnownFiles(digests, {file_id: missing for file_id, _, missing in rows})
+
+
+def load_stored_state(
+    conn: sa.Connection, source: str, listing: Listing, known: KnownFiles
+) -> StoredState:
+    """What plan_sync needs to compare `listing` with: whole rows only where it may matter.
+
+    That is the rows of the files the listing names and did not list unchanged (new,
+    changed or back), and of the present files it leaves out; never those of the
+    unchanged ones, a re-sync's usual bulk.
+    """
+    unchanged = set(listing.unchanged)
+    wanted = {file.file_id for file in listing.files}
+    wanted.update(file_id for file_id in known.present if file_id not in unchanged)
+    files = load_state(conn, source, wanted) if wanted else {}
+    return StoredState(known.present, files)
+
+
+def load_state(
+    conn: sa.Connection, source: str, file_ids: Iterable[str] | None = None
+) -> dict[str, StoredFile]:
+    """The compared columns of every file of `source`, present or gone, or of `file_ids`."""
     # Straight from the driver: building SQLAlchemy rows and dicts for 100,000 files
     # took longer than reading them. In UTC, for this statement only: the driver gives
     # times the session's time zone, and both converting to a zone such as Etc/UTC and
@@ -148,7 +199,10 @@ def load_state(conn: sa.Connection, source: str) -> dict[str, StoredFile]:
         # A new cursor: psycopg fixes the time zone of a cursor's results when it first
         # meets a timestamptz.
         with cursor.connection.cursor() as reader:
-            rows = reader.execute(_LOAD_STATE, (source,)).fetchall()
+            if file_ids is None:
+                rows = reader.execute(_LOAD_STATE, (source,)).fetchall()
+            else:
+                rows = reader.execute(_LOAD_STATE_OF, (list(file_ids), source)).fetchall()
         cursor.execute("SELECT set_config('TimeZone', %s, true)", (zone,))
         return {row[0]: StoredFile(*row) for row in rows}
 
@@ -270,6 +324,7 @@ def _file_rows(
             None,  # deleted_at
             _jsonb(file.raw),
             0,  # missing_count
+            file.digest,
         )
 
 
@@ -354,7 +409,7 @@ def _names(columns: Iterable[sa.Column[Any]], table: str | None = None) -> sql.C
 
 
 @contextmanager
-def _driver_cursor(conn: sa.Connection) -> Iterator[psycopg.Cursor[Any]]:
+def _driver_cursor(conn: sa.Connection, *, binary: bool = False) -> Iterator[psycopg.Cursor[Any]]:
     """A psycopg cursor on `conn`'s own connection: the same session and transaction.
 
     psycopg's errors come out as SQLAlchemy's, like those of every other statement of
@@ -364,7 +419,7 @@ def _driver_cursor(conn: sa.Connection) -> Iterator[psycopg.Cursor[Any]]:
     if not isinstance(driver, psycopg.Connection):
         raise TypeError(f"syncer needs the psycopg driver, not {type(driver).__name__}")
     try:
-        with driver.cursor() as cursor:
+        with driver.cursor(binary=binary) as cursor:
             yield cursor
     except psycopg.Error as error:
         raise sa.exc.DBAPIError.instance(

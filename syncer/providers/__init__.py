@@ -16,7 +16,7 @@ from syncer.providers import moonshot, siliconflow
 from syncer.providers.http import ProviderClient, call_with_retries, fatal, open_client
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     import httpx
 
@@ -40,7 +40,11 @@ _ADAPTERS: Final = {
 
 
 def fetch_listing(
-    source: SourceConfig, policy: HttpPolicy, *, transport: httpx.BaseTransport | None = None
+    source: SourceConfig,
+    policy: HttpPolicy,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    known: Mapping[bytes, str] | None = None,
 ) -> Listing:
     """Fetch the whole listing of `source`, retrying what may succeed later.
 
@@ -49,12 +53,14 @@ def fetch_listing(
     what retrying cannot fix, and RetryableProviderError once the budget is spent; no
     other exception for network or protocol trouble. Messages name the source and
     never contain the API key. `transport` replaces the network (tests, simulator).
+    `known` maps the digests of the source's stored items to their ids: an item listed
+    exactly as stored is not parsed again, only named in `Listing.unchanged`.
     """
     adapter = _ADAPTERS.get(source.provider)
     if adapter is None:
         raise fatal(source.name, f"unknown provider {source.provider!r}")
     with open_client(source, policy, transport) as client:
         api = ProviderClient(
-            client, source_name=source.name, policy=policy, dialect=adapter.dialect
+            client, source_name=source.name, policy=policy, dialect=adapter.dialect, known=known
         )
         return call_with_retries(lambda: adapter.list_files(api, source), policy)

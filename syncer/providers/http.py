@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Final, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import httpx
+import msgspec
 import orjson
 import stamina
 
@@ -71,7 +72,12 @@ class Dialect:
 
 @dataclass(frozen=True, slots=True)
 class JsonResponse:
-    """The parsed JSON body of a successful response, and how to blame it."""
+    """The JSON body of a successful response, and how to blame it.
+
+    Either `body` is the parsed body, or, when the adapter asked for its page shape
+    and the body fits it (see split_page), `page` is the body decoded to that shape
+    with each listed item left as its JSON text, and `body` is None.
+    """
 
     body: object
     source_name: str
@@ -79,6 +85,10 @@ class JsonResponse:
     trace: str
     storable: bool = False
     """True when no string in `body` holds a NUL or a lone surrogate (see parse_json_checked)."""
+    page: Any = None
+    content: bytes = b""
+    """The body as received, while `page` holds it in parts (JsonResponse.whole)."""
+    status: int = 200
 
     def unexpected(self, reason: str) -> FatalProviderError:
         """An error for a body that is valid JSON but breaks the provider's documented shape.
@@ -134,12 +144,36 @@ def parse_json_checked(body: bytes) -> tuple[object, bool]:
     so then no string in the result holds a NUL or a lone surrogate.
     """
     with gc_paused():  # a listing of 100,000 files is a million new objects
-        if not _may_hold_big_integers(body):
-            try:
-                return orjson.loads(body), _NUL_ESCAPE not in body
-            except orjson.JSONDecodeError:
-                pass
-        return json.loads(body, parse_constant=_reject_constant), False
+        return loads_checked(body)
+
+
+def loads_checked(body: bytes) -> tuple[object, bool]:
+    """parse_json_checked without pausing the collector (the caller has)."""
+    if not _may_hold_big_integers(body):
+        try:
+            return orjson.loads(body), _NUL_ESCAPE not in body
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body, parse_constant=_reject_constant), False
+
+
+def split_page(body: bytes, decoder: msgspec.json.Decoder[T]) -> T | None:
+    """`body` decoded to a page shape whose items stay JSON text (`msgspec.Raw`).
+
+    None unless the body is whole, valid UTF-8 JSON of exactly that shape; the caller
+    then parses it whole with parse_json_checked, which decides and explains. msgspec
+    checks every byte of the JSON, skipped fields and raw items too, except that a
+    field it skips may hold invalid UTF-8: hence the check first.
+    """
+    if not body.isascii():
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            return None
+    try:
+        return decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
 
 
 def _may_hold_big_integers(body: bytes) -> bool:
@@ -211,16 +245,32 @@ class ProviderClient:
     """Makes single GET requests for one source; every failure becomes a ProviderError."""
 
     def __init__(
-        self, client: httpx.Client, *, source_name: str, policy: HttpPolicy, dialect: Dialect
+        self,
+        client: httpx.Client,
+        *,
+        source_name: str,
+        policy: HttpPolicy,
+        dialect: Dialect,
+        known: Mapping[bytes, str] | None = None,
     ) -> None:
         self._client = client
         self._source_name = source_name
         self._policy = policy
         self._dialect = dialect
+        self.known: Mapping[bytes, str] = known or {}
+        """Digest -> id of the source's present files, as stored (items.item_digest)."""
 
-    def get_json(self, url: str, params: Mapping[str, str | int] | None = None) -> JsonResponse:
-        """GET `url` once and return its parsed JSON body. Never retries by itself.
+    def get_json(
+        self,
+        url: str,
+        params: Mapping[str, str | int] | None = None,
+        *,
+        split: msgspec.json.Decoder[Any] | None = None,
+    ) -> JsonResponse:
+        """GET `url` once and return its JSON body. Never retries by itself.
 
+        With `split`, a body of that page shape comes back as `page` (split_page), and
+        only another body is parsed whole.
         Raises RetryableProviderError (network trouble, timeouts, 429, 5xx, a body that
         is cut off or not JSON) or FatalProviderError (other statuses, a redirect, a
         body over the size cap, a URL that cannot be requested).
@@ -235,13 +285,19 @@ class ProviderClient:
         try:
             response = self._client.send(request, stream=True)
             try:
-                return self._read_response(response, where, deadline)
+                return self._read_response(response, where, deadline, split)
             finally:
                 response.close()
         except httpx.HTTPError as exc:
             raise self._network_error(exc, where) from exc
 
-    def _read_response(self, response: httpx.Response, where: str, deadline: float) -> JsonResponse:
+    def _read_response(
+        self,
+        response: httpx.Response,
+        where: str,
+        deadline: float,
+        split: msgspec.json.Decoder[Any] | None,
+    ) -> JsonResponse:
         status = response.status_code
         trace = self._trace(response)
         if 300 <= status < 400:
@@ -260,6 +316,21 @@ class ProviderClient:
             raise fatal(
                 self._source_name, f"{where} returned a body larger than {limit} bytes{trace}"
             )
+        page = None if split is None else split_page(body, split)
+        if page is not None:
+            return JsonResponse(
+                None, self._source_name, where, trace, page=page, content=body, status=status
+            )
+        return self._parsed(body, status, where, trace)
+
+    def whole(self, response: JsonResponse) -> JsonResponse:
+        """`response` with its body parsed whole, for an adapter that cannot use its
+        `page` after all (see items.parse_raw_items): as if it had not asked for one."""
+        if response.page is None:
+            return response
+        return self._parsed(response.content, response.status, response.where, response.trace)
+
+    def _parsed(self, body: bytes, status: int, where: str, trace: str) -> JsonResponse:
         try:
             parsed, storable = parse_json_checked(body)
         except (ValueError, RecursionError) as exc:

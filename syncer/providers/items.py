@@ -7,6 +7,7 @@ incomplete (a skipped file may still exist, so nothing may be marked disappeared
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -14,9 +15,12 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from syncer.bulk import gc_paused
 from syncer.model import ListedFile, StatusClass, classify_status
+from syncer.providers.http import loads_checked
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
+
+    import msgspec
 
 MAX_PROBLEMS: Final = 20
 # Ids are indexed, and a PostgreSQL btree entry holds at most ~2,700 bytes: 256
@@ -33,6 +37,10 @@ _MICROSECONDS_FROM: Final = 1e14
 # PostgreSQL text and jsonb cannot store NUL, and UTF-8 cannot encode lone surrogates.
 _UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 _PREVIEW_CHARS: Final = 40
+# Salts every digest with the version of the rules that turn an item into a row: a
+# release that changes them (a field, a unit, a class) bumps it, so that every stored
+# file is parsed and compared afresh instead of being taken as unchanged.
+_DIGEST_PERSON: Final = b"syncer-items-1"
 _JSON_TYPES: Final = (
     (bool, "a boolean"),
     (int | float, "a number"),
@@ -43,11 +51,15 @@ _JSON_TYPES: Final = (
 
 
 class ParsedItems(NamedTuple):
-    """The usable files of a listing, and how many items were skipped and why."""
+    """The usable files of a listing, and how many items were skipped and why.
+
+    `unchanged`: ids of the files listed exactly as stored (parse_raw_items).
+    """
 
     files: tuple[ListedFile, ...]
     skipped: int
     problems: tuple[str, ...]
+    unchanged: tuple[str, ...] = ()
 
 
 class _UnusableItemError(Exception):
@@ -81,6 +93,60 @@ def parse_items(
     return ParsedItems(tuple(files), len(items) - len(files), _capped(problems))
 
 
+def item_digest(text: bytes | msgspec.Raw) -> bytes:
+    """What identifies an item's exact JSON text (and syncer's rules for reading it).
+
+    128 bits of BLAKE2b: telling a changed item for an unchanged one by chance would
+    take more items than any provider will ever list.
+    """
+    return hashlib.blake2b(text, digest_size=16, person=_DIGEST_PERSON).digest()
+
+
+def parse_raw_items(
+    items: Sequence[msgspec.Raw], *, known: Mapping[bytes, str], reports_status: bool
+) -> ParsedItems | None:
+    """parse_items for items still in JSON text, parsing only the ones not `known`.
+
+    An item whose digest is in `known` (digest -> id of a present file, as stored) is
+    the same text as when that file was last written, so it would parse to the same
+    file: it is only named in `unchanged`. Every other item is parsed on its own
+    exactly as http.parse_json_checked parses a body, then checked as by parse_items, and
+    its file keeps its digest.
+
+    None when the whole body must decide after all (it then goes to parse_items): an
+    item that is not JSON the standard library takes, or an id listed more than once.
+    """
+    usable: list[ListedFile] = []
+    problems: list[str] = []
+    unchanged: list[str] = []
+    classes: dict[str | None, StatusClass] = {}
+    with gc_paused():
+        for position, text in enumerate(items):
+            digest = item_digest(text)
+            file_id = known.get(digest)
+            if file_id is not None:
+                unchanged.append(file_id)
+                continue
+            try:
+                item, storable = loads_checked(bytes(text))
+            except (ValueError, RecursionError):
+                return None
+            try:
+                usable.append(
+                    _parse_item(
+                        item, reports_status, storable=storable, classes=classes, digest=digest
+                    )
+                )
+            except _UnusableItemError as exc:
+                problems.append(f"item {position}{_id_hint(item)}: {exc}")
+    ids = {file.file_id for file in usable}
+    ids.update(unchanged)
+    if len(ids) != len(usable) + len(unchanged):
+        return None
+    skipped = len(items) - len(usable) - len(unchanged)
+    return ParsedItems(tuple(usable), skipped, _capped(problems), tuple(unchanged))
+
+
 def json_type(value: object) -> str:
     """The JSON name of a parsed value's type, for messages about unexpected shapes."""
     if value is None:
@@ -98,6 +164,7 @@ def _parse_item(  # noqa: C901, PLR0912 - one flat run of checks; helpers would 
     *,
     storable: bool,
     classes: dict[str | None, StatusClass],
+    digest: bytes | None = None,
 ) -> ListedFile:
     """One item as a ListedFile, checking its fields in a fixed order.
 
@@ -161,6 +228,7 @@ def _parse_item(  # noqa: C901, PLR0912 - one flat run of checks; helpers would 
         status_class,
         created_at,
         item,
+        digest,
     )
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+import msgspec
+
 from syncer.model import Listing
 from syncer.providers.http import Dialect, ErrorReport, excerpt, parse_json_or_none
-from syncer.providers.items import json_type, parse_items
+from syncer.providers.items import json_type, parse_items, parse_raw_items
 
 if TYPE_CHECKING:
     from syncer.config import SourceConfig
@@ -68,6 +70,16 @@ def _verdict(kind: str | None) -> bool | None:
 DIALECT: Final = Dialect(read_error=read_error)
 
 
+class _RawPage(msgspec.Struct):
+    """A page as documented, its items left as JSON text (http.split_page)."""
+
+    data: list[msgspec.Raw]
+    has_more: bool | None = None
+
+
+_RAW_PAGE: Final = msgspec.json.Decoder(_RawPage)
+
+
 def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
     """List every file of the source's account.
 
@@ -77,14 +89,25 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
     pages is a FatalProviderError, never an endless loop.
     """
     url = f"{source.base_url.rstrip('/')}/files"
+    response = api.get_json(url, split=_RAW_PAGE)  # no query parameter is documented
+    split: _RawPage | None = response.page
+    # The documented single page: only the items that are not stored as listed are parsed.
+    if split is not None and not split.has_more:
+        parsed = parse_raw_items(split.data, known=api.known, reports_status=True)
+        if parsed is not None:
+            return Listing(
+                files=parsed.files,
+                skipped=parsed.skipped,
+                problems=parsed.problems,
+                unchanged=parsed.unchanged,
+            )
+    response = api.whole(response)
     items: list[object] = []
     seen_ids: set[str] = set()
     storable = True
-    params: dict[str, str] | None = None  # no query parameter is documented
     page_number = 0
     while True:
         page_number += 1
-        response = api.get_json(url, params)
         page, has_more = _page(response)
         storable = storable and response.storable
         # The usual single-page listing needs no ids collected.
@@ -107,7 +130,7 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
             return Listing(files=parsed.files, skipped=parsed.skipped, problems=parsed.problems)
         if page_number == MAX_PAGES:
             raise response.unexpected(f"pagination did not end within {MAX_PAGES} pages")
-        params = {"after": _cursor(response, page, page_number)}
+        response = api.get_json(url, {"after": _cursor(response, page, page_number)})
 
 
 def _page(response: JsonResponse) -> tuple[list[object], bool]:

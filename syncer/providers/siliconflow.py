@@ -7,11 +7,13 @@ says more about retrying than its HTTP status does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
 
 from syncer.model import Listing
 from syncer.providers.http import Dialect, ErrorReport, excerpt, parse_json_or_none
-from syncer.providers.items import json_type, parse_items
+from syncer.providers.items import json_type, parse_items, parse_raw_items
 
 if TYPE_CHECKING:
     from syncer.config import SourceConfig
@@ -37,6 +39,22 @@ def read_error(body: bytes) -> ErrorReport:
 DIALECT: Final = Dialect(read_error=read_error, trace_header="x-siliconcloud-trace-id")
 
 
+class _RawItems(msgspec.Struct):
+    data: list[msgspec.Raw]
+
+
+class _RawPage(msgspec.Struct):
+    """The documented body, its items left as JSON text (http.split_page)."""
+
+    data: _RawItems
+    code: Any = None
+    status: Any = None
+    message: Any = None
+
+
+_RAW_PAGE: Final = msgspec.json.Decoder(_RawPage)
+
+
 def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
     """List the source's batch files in one request.
 
@@ -46,7 +64,23 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
     response = api.get_json(
         f"{source.base_url.rstrip('/')}/files",
         params={"purpose": "batch", "limit": source.list_limit},
+        split=_RAW_PAGE,
     )
+    split: _RawPage | None = response.page
+    if split is not None:
+        _check_success(response, split.code, split.status, split.message)
+        raw_items = split.data.data
+        # Only the items that are not stored as listed are parsed.
+        parsed = parse_raw_items(raw_items, known=api.known, reports_status=False)
+        if parsed is not None:
+            return Listing(
+                files=parsed.files,
+                truncated=len(raw_items) >= source.list_limit,
+                skipped=parsed.skipped,
+                problems=parsed.problems,
+                unchanged=parsed.unchanged,
+            )
+        response = api.whole(response)
     items = _items(response)
     parsed = parse_items(items, reports_status=False, storable=response.storable)
     return Listing(
@@ -57,19 +91,21 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
     )
 
 
-def _items(response: JsonResponse) -> list[object]:
-    """The item list of `{code, message, status, data: {data: [...], object}}`."""
-    body = response.body
-    if not isinstance(body, dict):
-        raise response.unexpected(f"the body is {json_type(body)}, not an object")
-    code, status = body.get("code"), body.get("status")
+def _check_success(response: JsonResponse, code: object, status: object, message: object) -> None:
     if status is False or code != SUCCESS_CODE:
-        message = body.get("message")
         raise response.unexpected(
             f"it reports a failure (code {excerpt(repr(code), _CODE_CHARS)}, "
             f"status {excerpt(repr(status), _CODE_CHARS)})"
             f"{': ' + excerpt(message) if isinstance(message, str) else ''}"
         )
+
+
+def _items(response: JsonResponse) -> list[object]:
+    """The item list of `{code, message, status, data: {data: [...], object}}`."""
+    body = response.body
+    if not isinstance(body, dict):
+        raise response.unexpected(f"the body is {json_type(body)}, not an object")
+    _check_success(response, body.get("code"), body.get("status"), body.get("message"))
     data = body.get("data")
     items = data.get("data") if isinstance(data, dict) else None
     if not isinstance(items, list):

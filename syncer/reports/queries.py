@@ -25,10 +25,12 @@ if TYPE_CHECKING:
 _AGO = re.compile(r"(\d+)\s*([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
-# Every column of `files` but `raw` (the provider's whole object) and `missing_count`
-# (an internal counter): both stay in SQL, where `files` has them.
+# Every column of `files` but `raw` (the provider's whole object) and the internal
+# `missing_count` and `listed_digest`: they stay in SQL, where `files` has them.
 _FILE_COLUMNS = tuple(
-    column.name for column in files.columns if column.name not in {"raw", "missing_count"}
+    column.name
+    for column in files.columns
+    if column.name not in {"raw", "missing_count", "listed_digest"}
 )
 _EVENT_COLUMNS = (
     "id",
