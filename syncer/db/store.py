@@ -50,6 +50,15 @@ _LOAD_STATE_OF: Final = sql.SQL(
     "SELECT stored.* FROM unnest(%s::text[]) AS wanted (id) CROSS JOIN LATERAL"
     " (SELECT {columns} FROM files WHERE source = %s AND file_id = wanted.id LIMIT 1) AS stored"
 ).format(columns=sql.SQL(", ").join(sql.Identifier(field.name) for field in fields(StoredFile)))
+# Among many ids, most of them new: a join, which the planner can make a hash join
+# over the source's gone rows (none at all in an initial load), not one lookup per id.
+_LOAD_GONE_AMONG: Final = sql.SQL(
+    "SELECT {columns} FROM unnest(%s::text[]) AS listed (id)"
+    " JOIN files ON files.file_id = listed.id"
+    " WHERE files.source = %s AND files.deleted_at IS NOT NULL"
+).format(
+    columns=sql.SQL(", ").join(sql.Identifier("files", field.name) for field in fields(StoredFile))
+)
 # The order of the rows that _file_rows and apply_plan build for COPY.
 _FILE_COLUMNS: Final = tuple(
     files.c[name]
@@ -158,15 +167,25 @@ class KnownFiles:
 
 
 def load_known(conn: sa.Connection, source: str) -> KnownFiles:
-    """Read KnownFiles of `source`: three small columns of its present rows."""
+    """Read KnownFiles of `source`: two small columns of its present rows."""
     with _driver_cursor(conn, binary=True) as cursor, gc_paused():
-        rows = cursor.execute(
-            "SELECT file_id, listed_digest, missing_count FROM files"
-            " WHERE source = %s AND deleted_at IS NULL",
-            (source,),
-        ).fetchall()
-        digests = {digest: file_id for file_id, digest, _ in rows if digest is not None}
-        return KnownFiles(digests, {file_id: missing for file_id, _, missing in rows})
+        digests = dict(
+            cursor.execute(
+                "SELECT listed_digest, file_id FROM files"
+                " WHERE source = %s AND deleted_at IS NULL AND listed_digest IS NOT NULL",
+                (source,),
+            ).fetchall()
+        )
+        present = dict.fromkeys(digests.values(), 0)
+        # The few others: rows written before digests, and files missed lately.
+        present.update(
+            cursor.execute(
+                "SELECT file_id, missing_count FROM files WHERE source = %s"
+                " AND deleted_at IS NULL AND (listed_digest IS NULL OR missing_count > 0)",
+                (source,),
+            ).fetchall()
+        )
+        return KnownFiles(digests, present)
 
 
 def load_stored_state(
@@ -174,21 +193,43 @@ def load_stored_state(
 ) -> StoredState:
     """What plan_sync needs to compare `listing` with: whole rows only where it may matter.
 
-    That is the rows of the files the listing names and did not list unchanged (new,
-    changed or back), and of the present files it leaves out; never those of the
-    unchanged ones, a re-sync's usual bulk.
+    That is the rows of the present files the listing did not list unchanged (changed,
+    or left out), and of the gone files it lists again; never those of the unchanged
+    ones, a re-sync's usual bulk.
     """
     unchanged = set(listing.unchanged)
-    wanted = {file.file_id for file in listing.files}
-    wanted.update(file_id for file_id in known.present if file_id not in unchanged)
+    present = known.present
+    wanted = [file_id for file_id in present if file_id not in unchanged]
+    others = [file.file_id for file in listing.files if file.file_id not in present]
     files = load_state(conn, source, wanted) if wanted else {}
-    return StoredState(known.present, files)
+    # New, or back: back only if the source has gone files at all (an initial load
+    # lists 100,000 new ones, and looking for each would take a good part of it).
+    if others and _has_gone_files(conn, source):
+        files.update(_load(conn, _LOAD_GONE_AMONG, (others, source)))
+    return StoredState(present, files)
+
+
+def _has_gone_files(conn: sa.Connection, source: str) -> bool:
+    with _driver_cursor(conn) as cursor:
+        [(found,)] = cursor.execute(
+            "SELECT EXISTS (SELECT FROM files WHERE source = %s AND deleted_at IS NOT NULL)",
+            (source,),
+        ).fetchall()
+        return bool(found)
 
 
 def load_state(
     conn: sa.Connection, source: str, file_ids: Iterable[str] | None = None
 ) -> dict[str, StoredFile]:
     """The compared columns of every file of `source`, present or gone, or of `file_ids`."""
+    if file_ids is None:
+        return _load(conn, _LOAD_STATE, (source,))
+    return _load(conn, _LOAD_STATE_OF, (list(file_ids), source))
+
+
+def _load(
+    conn: sa.Connection, statement: sql.Composed, params: Sequence[object]
+) -> dict[str, StoredFile]:
     # Straight from the driver: building SQLAlchemy rows and dicts for 100,000 files
     # took longer than reading them. In UTC, for this statement only: the driver gives
     # times the session's time zone, and both converting to a zone such as Etc/UTC and
@@ -199,10 +240,7 @@ def load_state(
         # A new cursor: psycopg fixes the time zone of a cursor's results when it first
         # meets a timestamptz.
         with cursor.connection.cursor() as reader:
-            if file_ids is None:
-                rows = reader.execute(_LOAD_STATE, (source,)).fetchall()
-            else:
-                rows = reader.execute(_LOAD_STATE_OF, (list(file_ids), source)).fetchall()
+            rows = reader.execute(statement, params).fetchall()
         cursor.execute("SELECT set_config('TimeZone', %s, true)", (zone,))
         return {row[0]: StoredFile(*row) for row in rows}
 
