@@ -12,8 +12,8 @@ after 1% of the files changed status and 1% were deleted. Per sync it reports:
 - time: wall-clock seconds of `sync_source` (lock, fetch, parse, diff, write, commit),
   and `cpu s`, the CPU time this process spent in it (less sensitive to a busy machine;
   PostgreSQL's own work is not in it);
-  `runs` is finished_at - started_at of the `sync_runs` row, which sync.py stamps
-  before the writes, so it leaves the writing out;
+  `runs` is finished_at - started_at of the `sync_runs` row (from the start of the
+  sync to the end of its writes, before the commit);
 - rows: `files` rows the sync's transaction wrote (xmin = the run row's xmin: an
   unchanged row that was rewritten would count), and events: its `file_events`;
 - RSS: the peak resident memory of this process during the sync (VmHWM, reset before
