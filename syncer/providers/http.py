@@ -89,6 +89,8 @@ class JsonResponse:
     content: bytes = b""
     """The body as received, while `page` holds it in parts (JsonResponse.whole)."""
     status: int = 200
+    big_integers: bool = True
+    """False when no number in the body can be an integer beyond 64 bits."""
 
     def unexpected(self, reason: str) -> FatalProviderError:
         """An error for a body that is valid JSON but breaks the provider's documented shape.
@@ -147,9 +149,15 @@ def parse_json_checked(body: bytes) -> tuple[object, bool]:
         return loads_checked(body)
 
 
-def loads_checked(body: bytes) -> tuple[object, bool]:
-    """parse_json_checked without pausing the collector (the caller has)."""
-    if not _may_hold_big_integers(body):
+def loads_checked(body: bytes, *, big_integers: bool | None = None) -> tuple[object, bool]:
+    """parse_json_checked without pausing the collector (the caller has).
+
+    `big_integers`: whether `body` may hold an integer beyond 64 bits, when the caller
+    knows (False for every part of a body that holds none); None: look.
+    """
+    if big_integers is None:
+        big_integers = _may_hold_big_integers(body)
+    if not big_integers:
         try:
             return orjson.loads(body), _NUL_ESCAPE not in body
         except orjson.JSONDecodeError:
@@ -319,7 +327,14 @@ class ProviderClient:
         page = None if split is None else split_page(body, split)
         if page is not None:
             return JsonResponse(
-                None, self._source_name, where, trace, page=page, content=body, status=status
+                None,
+                self._source_name,
+                where,
+                trace,
+                page=page,
+                content=body,
+                status=status,
+                big_integers=_may_hold_big_integers(body),  # once, not per item
             )
         return self._parsed(body, status, where, trace)
 

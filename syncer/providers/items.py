@@ -105,7 +105,11 @@ def item_digest(text: bytes | msgspec.Raw) -> bytes:
 
 
 def parse_raw_items(
-    items: Sequence[msgspec.Raw], *, known: Mapping[bytes, str], reports_status: bool
+    items: Sequence[msgspec.Raw],
+    *,
+    known: Mapping[bytes, str],
+    reports_status: bool,
+    big_integers: bool = True,
 ) -> ParsedItems | None:
     """parse_items for items still in JSON text, parsing only the ones not `known`.
 
@@ -117,6 +121,8 @@ def parse_raw_items(
 
     None when the whole body must decide after all (it then goes to parse_items): an
     item that is not JSON the standard library takes, or an id listed more than once.
+    `big_integers` is False when the body they come from holds no integer beyond 64
+    bits (JsonResponse.big_integers), which spares looking for one in each item.
     """
     # Whole-list steps in C for the usual case, a re-sync where almost every item is
     # known: a loop in Python over 100,000 of them took longer than the hashing.
@@ -129,7 +135,10 @@ def parse_raw_items(
     with gc_paused():
         for position in (i for i, file_id in enumerate(found) if file_id is None):
             try:
-                item, storable = loads_checked(bytes(items[position]))
+                # Each item is looked at only if the body may hold such an integer.
+                item, storable = loads_checked(
+                    bytes(items[position]), big_integers=None if big_integers else False
+                )
             except (ValueError, RecursionError):
                 return None
             try:

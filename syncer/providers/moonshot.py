@@ -93,7 +93,12 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
     split: _RawPage | None = response.page
     # The documented single page: only the items that are not stored as listed are parsed.
     if split is not None and not split.has_more:
-        parsed = parse_raw_items(split.data, known=api.known, reports_status=True)
+        parsed = parse_raw_items(
+            split.data,
+            known=api.known,
+            reports_status=True,
+            big_integers=response.big_integers,
+        )
         if parsed is not None:
             return Listing(
                 files=parsed.files,

@@ -71,7 +71,12 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
         _check_success(response, split.code, split.status, split.message)
         raw_items = split.data.data
         # Only the items that are not stored as listed are parsed.
-        parsed = parse_raw_items(raw_items, known=api.known, reports_status=False)
+        parsed = parse_raw_items(
+            raw_items,
+            known=api.known,
+            reports_status=False,
+            big_integers=response.big_integers,
+        )
         if parsed is not None:
             return Listing(
                 files=parsed.files,
