@@ -99,8 +99,8 @@ class PlannedEvent:
         """`{field: [old, new]}`; an appearance has every tracked field, from None.
 
         An appearance's are built when asked for, by the writer of the events: an
-        initial load plans 100,000 of them, and a dict of lists for each, all alive
-        until written, made the plan take several times longer.
+        initial load plans 100,000 of them, and building a dict of eight containers
+        for each in the plan, all alive until written, took a third of its time.
         """
         changed = self.changed
         return _snapshot(changed) if isinstance(changed, ListedFile) else changed

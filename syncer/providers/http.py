@@ -89,8 +89,6 @@ class JsonResponse:
     content: bytes = b""
     """The body as received, while `page` holds it in parts (JsonResponse.whole)."""
     status: int = 200
-    big_integers: bool = True
-    """False when no number in the body can be an integer beyond 64 bits."""
 
     def unexpected(self, reason: str) -> FatalProviderError:
         """An error for a body that is valid JSON but breaks the provider's documented shape.
@@ -153,10 +151,11 @@ def loads_checked(body: bytes, *, big_integers: bool | None = None) -> tuple[obj
     """parse_json_checked without pausing the collector (the caller has).
 
     `big_integers`: whether `body` may hold an integer beyond 64 bits, when the caller
-    knows (False for every part of a body that holds none); None: look.
+    knows (False for any part of a body that may_hold_big_integers said holds none);
+    None: look.
     """
     if big_integers is None:
-        big_integers = _may_hold_big_integers(body)
+        big_integers = may_hold_big_integers(body)
     if not big_integers:
         try:
             return orjson.loads(body), _NUL_ESCAPE not in body
@@ -184,7 +183,7 @@ def split_page(body: bytes, decoder: msgspec.json.Decoder[T]) -> T | None:
         return None
 
 
-def _may_hold_big_integers(body: bytes) -> bool:
+def may_hold_big_integers(body: bytes) -> bool:
     # A run of 19 digits may be an integer outside orjson's 64-bit range (or only a
     # long string of digits: then the standard library parses it, to the same result).
     return _DIGIT_RUN in body.translate(_DIGITS_AS_ZEROS)
@@ -334,7 +333,6 @@ class ProviderClient:
                 page=page,
                 content=body,
                 status=status,
-                big_integers=_may_hold_big_integers(body),  # once, not per item
             )
         return self._parsed(body, status, where, trace)
 

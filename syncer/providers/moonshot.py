@@ -97,7 +97,7 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
             split.data,
             known=api.known,
             reports_status=True,
-            big_integers=response.big_integers,
+            body=response.content,
         )
         if parsed is not None:
             return Listing(

@@ -75,7 +75,7 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
             raw_items,
             known=api.known,
             reports_status=False,
-            big_integers=response.big_integers,
+            body=response.content,
         )
         if parsed is not None:
             return Listing(
