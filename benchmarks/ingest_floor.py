@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from sync_bench import ACCOUNT, API_KEY, ScratchDatabase, SimulatorProcess, admin_url, run_sync
+from sync_bench import ACCOUNT, API_KEY, bench_setup, run_sync
 
 from syncer.config import SourceConfig
-from syncer.db.engine import create_db_engine
-from syncer.db.migrate import upgrade_to_head
 from syncer.redaction import Secret
 
 if TYPE_CHECKING:
@@ -93,24 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--database-url", help="a server to create the scratch database on")
     args = parser.parse_args(argv)
 
-    sim = SimulatorProcess()
-    with (
-        tempfile.TemporaryDirectory(prefix="syncer-bench-") as data_dir,
-        ScratchDatabase(admin_url(args.database_url, Path(data_dir))) as database_url,
-    ):
-        engine = create_db_engine(Secret(database_url), lock_timeout=5)
-        try:
-            upgrade_to_head(engine)
-            source = SourceConfig(
-                name=ACCOUNT,
-                provider="moonshot",
-                api_key=Secret(API_KEY),
-                base_url=sim.load(args.files),
-            )
-            initial = run_sync(engine, source)
-        finally:
-            engine.dispose()
-            sim.stop()
+    with bench_setup(args.database_url) as (engine, database_url, sim):
+        source = SourceConfig(
+            name=ACCOUNT,
+            provider="moonshot",
+            api_key=Secret(API_KEY),
+            base_url=sim.load(args.files),
+        )
+        initial = run_sync(engine, source)
         with psycopg.connect(database_url, autocommit=True) as conn:
             files = export(conn, "SELECT * FROM files")
             events = export(conn, f"SELECT {EVENT_COLUMNS} FROM file_events ORDER BY id")

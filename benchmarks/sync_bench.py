@@ -262,6 +262,23 @@ class ScratchDatabase:
             )
 
 
+@contextlib.contextmanager
+def bench_setup(configured: str | None) -> Iterator[tuple[sa.Engine, str, SimulatorProcess]]:
+    """A migrated scratch database (its engine and URL) and a simulator process."""
+    sim = SimulatorProcess()
+    with (
+        tempfile.TemporaryDirectory(prefix="syncer-bench-") as data_dir,
+        ScratchDatabase(admin_url(configured, Path(data_dir))) as database_url,
+    ):
+        engine = create_db_engine(Secret(database_url), lock_timeout=5)
+        try:
+            upgrade_to_head(engine)
+            yield engine, database_url, sim
+        finally:
+            engine.dispose()
+            sim.stop()
+
+
 # --- The run ------------------------------------------------------------------------
 
 
@@ -322,20 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
 
-    sim = SimulatorProcess()
-    with (
-        tempfile.TemporaryDirectory(prefix="syncer-bench-") as data_dir,
-        ScratchDatabase(admin_url(args.database_url, Path(data_dir))) as database_url,
-    ):
-        engine = create_db_engine(Secret(database_url), lock_timeout=5)
-        try:
-            upgrade_to_head(engine)
-            results = {
-                size: bench_size(size, args.repeat, engine, database_url, sim) for size in sizes
-            }
-        finally:
-            engine.dispose()
-            sim.stop()
+    with bench_setup(args.database_url) as (engine, database_url, sim):
+        results = {size: bench_size(size, args.repeat, engine, database_url, sim) for size in sizes}
     for line in table(results, args.repeat):
         print(line)
     return 0

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from syncer.bulk import gc_paused
-from syncer.model import ListedFile, StatusClass, classify_status
+from syncer.model import ListedFile, Listing, StatusClass, classify_status
 from syncer.providers.http import loads_checked, may_hold_big_integers
 
 if TYPE_CHECKING:
@@ -62,6 +62,9 @@ class ParsedItems(NamedTuple):
     skipped: int
     problems: tuple[str, ...]
     unchanged: tuple[str, ...] = ()
+
+    def listing(self, *, truncated: bool = False) -> Listing:
+        return Listing(self.files, truncated, self.skipped, self.problems, self.unchanged)
 
 
 class _UnusableItemError(Exception):

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from syncer.model import Listing
 from syncer.providers.http import Dialect, ErrorReport, excerpt, parse_json_or_none
 from syncer.providers.items import json_type, parse_items, parse_raw_items
 
 if TYPE_CHECKING:
     from syncer.config import SourceConfig
+    from syncer.model import Listing
     from syncer.providers.http import JsonResponse, ProviderClient
 
 # An account holds at most 1,000 files: 200 pages is far more than any real listing
@@ -100,12 +100,7 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
             body=response.content,
         )
         if parsed is not None:
-            return Listing(
-                files=parsed.files,
-                skipped=parsed.skipped,
-                problems=parsed.problems,
-                unchanged=parsed.unchanged,
-            )
+            return parsed.listing()
     response = api.whole(response)
     items: list[object] = []
     seen_ids: set[str] = set()
@@ -131,8 +126,7 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
             seen_ids |= page_ids
         items.extend(page)
         if not has_more:
-            parsed = parse_items(items, reports_status=True, storable=storable)
-            return Listing(files=parsed.files, skipped=parsed.skipped, problems=parsed.problems)
+            return parse_items(items, reports_status=True, storable=storable).listing()
         if page_number == MAX_PAGES:
             raise response.unexpected(f"pagination did not end within {MAX_PAGES} pages")
         response = api.get_json(url, {"after": _cursor(response, page, page_number)})

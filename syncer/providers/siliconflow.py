@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from syncer.model import Listing
 from syncer.providers.http import Dialect, ErrorReport, excerpt, parse_json_or_none
 from syncer.providers.items import json_type, parse_items, parse_raw_items
 
 if TYPE_CHECKING:
     from syncer.config import SourceConfig
+    from syncer.model import Listing
     from syncer.providers.http import JsonResponse, ProviderClient
 
 SUCCESS_CODE: Final = 20000
@@ -78,22 +78,11 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
             body=response.content,
         )
         if parsed is not None:
-            return Listing(
-                files=parsed.files,
-                truncated=len(raw_items) >= source.list_limit,
-                skipped=parsed.skipped,
-                problems=parsed.problems,
-                unchanged=parsed.unchanged,
-            )
+            return parsed.listing(truncated=len(raw_items) >= source.list_limit)
         response = api.whole(response)
     items = _items(response)
     parsed = parse_items(items, reports_status=False, storable=response.storable)
-    return Listing(
-        files=parsed.files,
-        truncated=len(items) >= source.list_limit,
-        skipped=parsed.skipped,
-        problems=parsed.problems,
-    )
+    return parsed.listing(truncated=len(items) >= source.list_limit)
 
 
 def _check_success(response: JsonResponse, code: object, status: object, message: object) -> None:
