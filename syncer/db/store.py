@@ -40,8 +40,19 @@ _LOCK_KEY = sa.func.hashtextextended(sa.literal("syncer.source:") + sa.bindparam
 _LOCK_NOT_AVAILABLE = "55P03"
 # Columns an upsert never overwrites: the key, and when the file was first seen.
 _SET_ONCE_COLUMNS = frozenset({"source", "file_id", "provider", "first_seen_at"})
+
+
+def _names(columns: Iterable[sa.Column[Any]], table: str | None = None) -> sql.Composed:
+    """`a, b` or `table.a, table.b`, quoted."""
+    if table is None:
+        return sql.SQL(", ").join(sql.Identifier(column.name) for column in columns)
+    return sql.SQL(", ").join(sql.Identifier(table, column.name) for column in columns)
+
+
+# The columns the diff compares (StoredFile), in its field order.
+_STORED_COLUMNS: Final = _names(files.c[field.name] for field in fields(StoredFile))
 _LOAD_STATE: Final = sql.SQL("SELECT {columns} FROM files WHERE source = %s").format(
-    columns=sql.SQL(", ").join(sql.Identifier(field.name) for field in fields(StoredFile))
+    columns=_STORED_COLUMNS
 )
 # One primary-key lookup per id, whatever the planner thinks of the table (right after
 # a bulk load it has no statistics and would read the whole source): LIMIT keeps the
@@ -49,16 +60,14 @@ _LOAD_STATE: Final = sql.SQL("SELECT {columns} FROM files WHERE source = %s").fo
 _LOAD_STATE_OF: Final = sql.SQL(
     "SELECT stored.* FROM unnest(%s::text[]) AS wanted (id) CROSS JOIN LATERAL"
     " (SELECT {columns} FROM files WHERE source = %s AND file_id = wanted.id LIMIT 1) AS stored"
-).format(columns=sql.SQL(", ").join(sql.Identifier(field.name) for field in fields(StoredFile)))
+).format(columns=_STORED_COLUMNS)
 # Among many ids, most of them new: a join, which the planner can make a hash join
 # over the source's gone rows (none at all in an initial load), not one lookup per id.
 _LOAD_GONE_AMONG: Final = sql.SQL(
     "SELECT {columns} FROM unnest(%s::text[]) AS listed (id)"
     " JOIN files ON files.file_id = listed.id"
     " WHERE files.source = %s AND files.deleted_at IS NOT NULL"
-).format(
-    columns=sql.SQL(", ").join(sql.Identifier("files", field.name) for field in fields(StoredFile))
-)
+).format(columns=_STORED_COLUMNS)
 # The order of the rows that _file_rows and apply_plan build for COPY.
 _FILE_COLUMNS: Final = tuple(
     files.c[name]
@@ -437,13 +446,6 @@ def _finite(value: object) -> object:
     if isinstance(value, list):
         return [_finite(item) for item in value]
     return value
-
-
-def _names(columns: Iterable[sa.Column[Any]], table: str | None = None) -> sql.Composed:
-    """`a, b` or `table.a, table.b`, quoted."""
-    if table is None:
-        return sql.SQL(", ").join(sql.Identifier(column.name) for column in columns)
-    return sql.SQL(", ").join(sql.Identifier(table, column.name) for column in columns)
 
 
 @contextmanager
