@@ -20,7 +20,12 @@ from syncer.db.engine import (
     describe_db_error,
     wait_for_database,
 )
-from syncer.db.migrate import pending_revision, upgrade_to_head
+from syncer.db.migrate import (
+    check_revision,
+    pending_revision,
+    schema_differences,
+    upgrade_to_head,
+)
 from syncer.delivery import build_targets, dispatch_due, send_test
 from syncer.demo import run_demo
 from syncer.errors import ConfigError, DatabaseUnavailableError, ProviderError, SourceBusyError
@@ -99,7 +104,7 @@ def sync(source_names: tuple[str, ...], *, allow_mass_disappear: bool, no_migrat
     settings = _settings(need_sources=True)
     sources = [settings.source(name) for name in source_names] or list(settings.sources)
     all_ok = True
-    with _engine(settings, migrate=not no_migrate) as engine:
+    with _engine(settings, migrate=not no_migrate, require_head=True) as engine:
         for source in sources:
             try:
                 result = sync_source(
@@ -131,8 +136,11 @@ def check() -> None:
         )
         problems += 1
     try:
-        with _engine(settings) as engine:
+        with _engine(settings, check_schema=False) as engine:
             pending = pending_revision(engine)
+            differences = [] if pending else schema_differences(engine)
+        if differences:
+            pending = f"schema differs from this release's models: {'; '.join(differences)}"
         click.echo(f"database: {pending or 'ok'}")
         if pending:
             problems += 1
@@ -158,7 +166,7 @@ def run(*, no_migrate: bool) -> None:
     """Run the service: sync every source now and then every interval, until SIGTERM."""
     settings = _settings(need_sources=True)
     targets = build_targets(settings.alert_urls)
-    with _engine(settings, migrate=not no_migrate) as engine:
+    with _engine(settings, migrate=not no_migrate, require_head=True) as engine:
         sys.exit(run_service(settings, engine, targets=targets))
 
 
@@ -178,7 +186,7 @@ def alerts_test() -> None:
 
 
 @alerts.command("list")
-@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
+@report_options.limit_with_default(20, "How many, newest first.")
 @click.option("--state", type=click.Choice(outbox.STATES), help="Only alerts in this state.")
 def alerts_list(limit: int, state: str | None) -> None:
     """Show recent alerts and their delivery state."""
@@ -329,12 +337,22 @@ def _settings(*, need_sources: bool = False, log_level: str | None = None) -> Se
 
 
 @contextmanager
-def _engine(settings: Settings, *, migrate: bool = False) -> Iterator[sa.Engine]:
+def _engine(
+    settings: Settings,
+    *,
+    migrate: bool = False,
+    require_head: bool = False,
+    check_schema: bool = True,
+) -> Iterator[sa.Engine]:
+    """The database, reachable and (unless `check_schema` is off) at a schema this
+    release knows; migrated first with `migrate`, at the newest with `require_head`."""
     engine = create_db_engine(database_url(settings), lock_timeout=settings.lock_timeout)
     try:
         wait_for_database(engine, timeout=settings.db_wait)
         if migrate:
             upgrade_to_head(engine)
+        elif check_schema:
+            check_revision(engine, require_head=require_head)
         yield engine
     except SQLAlchemyError as error:
         raise DatabaseUnavailableError(

@@ -11,17 +11,18 @@ import contextlib
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import platformdirs
 from dotenv import dotenv_values
 
 from syncer.errors import ConfigError
-from syncer.redaction import Secret, register_secret
+from syncer.redaction import Secret, check_api_key, register_secret
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -32,6 +33,14 @@ DEFAULT_BASE_URLS = {
     "moonshot": "https://api.moonshot.cn/v1",
 }
 DEFAULT_LIST_LIMIT = 10_000
+# 100,000 files are a 17 MB listing: the defaults leave room for twice that, and keep
+# the peak RSS of a sync under 600 MB whatever a provider sends (docs/security.md).
+DEFAULT_MAX_LISTING_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_LISTING_ITEMS = 200_000
+# Secret files hold a key or a URL; the TOML file a few tables. Anything bigger is a
+# mistake (or /dev/zero), and is refused rather than read.
+MAX_SECRET_FILE_BYTES = 64 * 1024
+MAX_CONFIG_FILE_BYTES = 1024 * 1024
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
@@ -66,7 +75,8 @@ class HttpPolicy:
 
     `request_deadline` bounds one request from connect to the last byte (a slow-drip
     body cannot hold a sync forever); `retry_budget` bounds all attempts and waits of
-    one sync together.
+    one sync together. `max_listing_bytes` (decoded, over all pages) and
+    `max_listing_items` bound what one listing may make syncer hold in memory.
     """
 
     connect_timeout: float = 10.0
@@ -75,7 +85,8 @@ class HttpPolicy:
     retry_budget: float = 120.0
     wait_initial: float = 0.5
     wait_max: float = 10.0
-    max_body_bytes: int = 256 * 1024 * 1024
+    max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES
+    max_listing_items: int = DEFAULT_MAX_LISTING_ITEMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +165,12 @@ def load_settings(
         http=HttpPolicy(
             request_deadline=env.duration("SYNCER_REQUEST_TIMEOUT", 60.0),
             retry_budget=env.duration("SYNCER_RETRY_TIMEOUT", 120.0),
+            max_listing_bytes=env.integer(
+                "SYNCER_MAX_LISTING_BYTES", DEFAULT_MAX_LISTING_BYTES, minimum=1024
+            ),
+            max_listing_items=env.integer(
+                "SYNCER_MAX_LISTING_ITEMS", DEFAULT_MAX_LISTING_ITEMS, minimum=1
+            ),
         ),
         alert_urls=_alert_urls(env),
         alerts=AlertPolicy(
@@ -213,13 +230,27 @@ class _Environment:
         return value if value not in (None, "") else None
 
     def secret(self, name: str) -> Secret | None:
-        """A secret given directly or, docker-secrets style, as `NAME_FILE`."""
+        """A secret given directly or, docker-secrets style, as `NAME_FILE`.
+
+        Surrounding whitespace (an `echo`-made file, a CRLF .env) is stripped.
+        """
         direct, path = self.get(name), self.get(f"{name}_FILE")
         if direct is not None and path is not None:
             raise ConfigError(f"{name}: set either {name} or {name}_FILE, not both")
         if path is not None:
             direct = _read_secret_file(f"{name}_FILE", Path(path))
+        elif direct is not None:
+            register_secret(direct)  # as given, in case it ever shows unstripped
+            direct = direct.strip() or None
         return Secret(direct) if direct is not None else None
+
+    def api_key(self, name: str) -> Secret | None:
+        """An API key (see `secret`): refused if whitespace or a control character is
+        left inside it, since it could not be sent in a header."""
+        key = self.secret(name)
+        if key is not None:
+            check_api_key(name, key.reveal())
+        return key
 
     def flag(self, name: str) -> bool:
         value = (self.get(name) or "0").strip().lower()
@@ -277,13 +308,37 @@ class _Environment:
 
 
 def _read_secret_file(setting: str, path: Path) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as error:
-        raise ConfigError(f"{setting}: cannot read {path}: {error.strerror}") from None
+    text = read_bounded(setting, path, MAX_SECRET_FILE_BYTES)
+    register_secret(text)  # as read, in case it ever shows unstripped
+    value = text.strip()
     if not value:
         raise ConfigError(f"{setting}: {path} is empty")
     return value
+
+
+def read_bounded(setting: str, path: Path, limit: int) -> str:
+    """The UTF-8 text of the regular file at `path`, refused beyond `limit` bytes.
+
+    Opened without blocking, so that a FIFO nobody writes to is refused rather than
+    waited on; devices (/dev/zero), directories and sockets are refused too.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise ConfigError(f"{setting}: cannot read {path}: {error.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"{setting}: {path} is not a regular file")
+            data = file.read(limit + 1)
+        except OSError as error:
+            raise ConfigError(f"{setting}: cannot read {path}: {error.strerror}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{setting}: {path} is larger than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{setting}: {path} is not UTF-8 text") from None
 
 
 def _env_sources(env: _Environment, interval: float) -> tuple[SourceConfig, ...]:
@@ -291,7 +346,7 @@ def _env_sources(env: _Environment, interval: float) -> tuple[SourceConfig, ...]
     sources = []
     for provider in PROVIDERS:
         prefix = provider.upper()
-        key = env.secret(f"{prefix}_API_KEY")
+        key = env.api_key(f"{prefix}_API_KEY")
         if key is None:
             continue
         list_limit = DEFAULT_LIST_LIMIT
@@ -318,10 +373,9 @@ def _toml_sources(env: _Environment, interval: float) -> tuple[SourceConfig, ...
     if path_text is None:
         return ()
     path = Path(path_text)
+    text = read_bounded("SYNCER_CONFIG", path, MAX_CONFIG_FILE_BYTES)
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(f"SYNCER_CONFIG: cannot read {path}: {error.strerror}") from None
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"SYNCER_CONFIG: {path} is not valid TOML: {error}") from None
     tables = document.get("sources", [])
@@ -370,10 +424,13 @@ def _toml_api_key(env: _Environment, table: dict[str, Any], where: str) -> Secre
     if key_file is not None:
         if not isinstance(key_file, str):
             raise ConfigError(f"{where}.api_key_file: must be a path string")
-        return Secret(_read_secret_file(f"{where}.api_key_file", Path(key_file)))
+        setting = f"{where}.api_key_file"
+        key_text = _read_secret_file(setting, Path(key_file))
+        check_api_key(setting, key_text)
+        return Secret(key_text)
     if not isinstance(key_env, str):
         raise ConfigError(f"{where}.api_key_env: must be the name of a variable")
-    key = env.secret(key_env)
+    key = env.api_key(key_env)
     if key is None:
         raise ConfigError(f"{where}.api_key_env: variable {key_env} is not set")
     return key
@@ -426,10 +483,13 @@ def _check_transport_security(source: SourceConfig, *, allow_insecure: bool) -> 
 
 
 def _register_password(url: Secret) -> None:
-    # The whole URL is a secret already; a driver error may quote the password alone.
+    # The whole URL is a secret already; a driver error may quote the password alone,
+    # and libpq also takes it from the query (`?password=...`).
     with contextlib.suppress(ValueError):
-        password = urlsplit(url.reveal()).password
-        if password:
+        parts = urlsplit(url.reveal())
+        passwords = [parts.password] if parts.password else []
+        passwords += [value for key, value in parse_qsl(parts.query) if key == "password"]
+        for password in passwords:
             register_secret(password)
             register_secret(unquote(password))
 

@@ -3,14 +3,21 @@
 Secrets are wrapped in `Secret` as soon as they are read, so a stray `repr()` or
 f-string shows `'***'`. Every secret value is also registered here, and
 `redact()` (used by the log filter and before any error text is stored) replaces
-any registered value that still slipped into a string.
+any registered value that still slipped into a string: as given, and in the forms
+other code writes it in (Python `repr` and JSON escapes, percent-encoding, as an
+HTTP library or a log formatter quotes it).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import unicodedata
 from typing import Final
+from urllib.parse import quote, quote_plus
+
+from syncer.errors import ConfigError
 
 MASK: Final = "***"
 _MIN_SECRET_LENGTH: Final = 4  # shorter values would mask ordinary words
@@ -45,10 +52,42 @@ class Secret:
 
 
 def register_secret(value: str) -> None:
-    """Remember a value so that `redact` masks it wherever it turns up."""
-    if len(value) >= _MIN_SECRET_LENGTH:
+    """Remember a value so that `redact` masks it wherever it turns up, in any form."""
+    forms = {form for form in _forms(value) if len(form) >= _MIN_SECRET_LENGTH}
+    if forms:
         with _lock:
-            _registered.add(value)
+            _registered.update(forms)
+
+
+def _forms(value: str) -> set[str]:
+    """`value` as it may appear in text: raw, escaped, quoted, percent-encoded."""
+    escaped = {
+        value,
+        repr(value)[1:-1],  # how httpx and Python errors quote a header: 'sk-...\\n'
+        json.dumps(value)[1:-1],  # a JSON log line or payload
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        value.encode("unicode_escape").decode("ascii"),
+        quote(value, safe=""),
+        quote(value),
+        quote_plus(value),
+    }
+    # A value with its surrounding whitespace stripped is the secret too.
+    escaped |= {form.strip() for form in set(escaped)}
+    return escaped
+
+
+def check_api_key(setting: str, key: str) -> None:
+    """Refuse a key holding whitespace or a control character, naming only `setting`.
+
+    Surrounding whitespace is stripped when keys are read; what is left inside would
+    make the HTTP library refuse the header with a message that quotes the key.
+    """
+    for char in key:
+        if char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            raise ConfigError(
+                f"{setting}: the key contains whitespace or a control character "
+                f"(U+{ord(char):04X}); check how it was copied"
+            )
 
 
 def redact(text: str) -> str:

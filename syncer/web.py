@@ -1,8 +1,8 @@
 """The HTTP side of `syncer run`: /healthz, /readyz and /metrics.
 
-A plain threaded WSGI server from the standard library, the same one
-prometheus_client uses for its own exporter: three read-only endpoints need no
-framework.
+Three read-only endpoints need no framework; they are served by waitress, a
+production WSGI server with a bounded thread pool (see HttpServer), since port 8080
+may be reachable by anything on the network.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import make_wsgi_app
+from waitress.server import BaseWSGIServer, create_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -44,7 +43,7 @@ def make_app(
         if path in ("/healthz", "/readyz"):
             problem = (alive if path == "/healthz" else ready)()
             status = "200 OK" if problem is None else "503 Service Unavailable"
-            # A fresh header list each time: wsgiref adds Content-Length to it in place.
+            # A fresh header list each time: a server may add to it in place.
             start_response(status, [_TEXT_TYPE])
             return [f"{problem or 'ok'}\n".encode()]
         start_response("404 Not Found", [_TEXT_TYPE])
@@ -54,37 +53,70 @@ def make_app(
 
 
 class HttpServer:
-    """Serves a WSGI app on a background thread until `close()`."""
+    """Serves a WSGI app with waitress on a background thread until `close()`.
+
+    waitress waits on every connection in one poll loop and hands only complete
+    requests to a fixed pool of `THREADS` threads: idle or half-sent connections
+    (a port scanner, a slow client, a flood of them) cost a file descriptor each, not
+    a thread, and are closed after `IDLE_TIMEOUT` seconds, so /healthz keeps
+    answering. The standard library's server gave every connection a thread with no
+    timeout and queued only 5 pending connections.
+    """
+
+    THREADS = 4
+    IDLE_TIMEOUT = 30
+    CONNECTION_LIMIT = 1000
+    BACKLOG = 1024
 
     def __init__(self, host: str, port: int, app: WSGIApplication) -> None:
-        server_class = _IPv6Server if ":" in host else _Server
-        self._server = make_server(
-            host, port, app, server_class=server_class, handler_class=_QuietHandler
+        # One socket, bound here, so that a host name that resolves to several
+        # addresses still means one port, as before.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        self._map: dict[int, Any] = {}
+        server = create_server(
+            app,
+            map=self._map,
+            sockets=[sock],
+            threads=self.THREADS,
+            connection_limit=self.CONNECTION_LIMIT,
+            channel_timeout=self.IDLE_TIMEOUT,
+            cleanup_interval=min(10, self.IDLE_TIMEOUT),
+            backlog=self.BACKLOG,
+            # poll(), unlike select(), is not limited to file descriptors below 1024.
+            asyncore_use_poll=True,
+            # Three read-only GET endpoints: nothing needs a large request.
+            max_request_header_size=16 * 1024,
+            max_request_body_size=16 * 1024,
+            ident="syncer",
         )
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="syncer-http", daemon=True
-        )
+        # One socket makes one server, never waitress's MultiSocketServer.
+        assert isinstance(server, BaseWSGIServer)
+        self._server = server
+        self._port = int(sock.getsockname()[1])
+        self._thread = threading.Thread(target=self._server.run, name="syncer-http", daemon=True)
         self._thread.start()
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._port
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        """Stop serving: every connection is closed and the worker threads end."""
 
+        def close_everything() -> None:
+            # Run inside waitress's loop (through its trigger), which ends once its
+            # map of connections is empty.
+            for channel in list(self._map.values()):
+                channel.close()
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a slow scraper must not delay shutdown
-
-
-class _IPv6Server(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
-        # One line per probe and scrape would drown syncer's own logs.
-        log.debug(format, *args)
+        trigger: Any = self._server.trigger
+        trigger.pull_trigger(close_everything)
+        self._thread.join(timeout=10)
+        self._server.task_dispatcher.shutdown(timeout=5)

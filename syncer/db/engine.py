@@ -92,7 +92,7 @@ def wait_for_database(engine: sa.Engine, *, timeout: float) -> None:
 
     Raises DatabaseUnavailableError with the last cause when the time is up.
     """
-    where = redact(engine.url.set(drivername="postgresql").render_as_string(hide_password=True))
+    where = display_url(engine.url)
     attempts, started = 0, time.monotonic()
     try:
         for attempt in stamina.retry_context(
@@ -121,6 +121,19 @@ def _try_connect(engine: sa.Engine, where: str) -> None:
     except OperationalError as error:
         # `from None`: the chained driver error would only repeat the cause.
         raise _DatabaseNotReadyError(where, describe_db_error(error)) from None
+
+
+def display_url(url: sa.URL) -> str:
+    """`url` fit to print: no password, wherever it was given.
+
+    libpq also reads a password from the query (`?password=...`), which
+    `hide_password` does not hide, and SQLAlchemy reorders and re-encodes the query,
+    so a redacted copy of the URL as given no longer matches: the password parameters
+    are dropped before the URL is rendered.
+    """
+    query = {key: value for key, value in url.query.items() if "password" not in key.lower()}
+    shown = url.set(drivername="postgresql", query=query)
+    return redact(shown.render_as_string(hide_password=True))
 
 
 def database_url(settings: Settings) -> Secret:

@@ -9,6 +9,7 @@ the key); `items` validates and normalizes the listed items without any I/O.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -55,12 +56,25 @@ def fetch_listing(
     never contain the API key. `transport` replaces the network (tests, simulator).
     `known` maps the digests of the source's stored items to their ids: an item listed
     exactly as stored is not parsed again, only named in `Listing.unchanged`.
+    The whole fetch ends within `policy.retry_budget` plus one `request_deadline`,
+    whatever the provider does.
     """
     adapter = _ADAPTERS.get(source.provider)
     if adapter is None:
         raise fatal(source.name, f"unknown provider {source.provider!r}")
+    deadline = time.monotonic() + policy.retry_budget + policy.request_deadline
     with open_client(source, policy, transport) as client:
         api = ProviderClient(
-            client, source_name=source.name, policy=policy, dialect=adapter.dialect, known=known
+            client,
+            source_name=source.name,
+            policy=policy,
+            dialect=adapter.dialect,
+            known=known,
+            deadline=deadline,
         )
-        return call_with_retries(lambda: adapter.list_files(api, source), policy)
+
+        def attempt() -> Listing:
+            api.start_listing()  # each attempt's listing is counted against the caps anew
+            return adapter.list_files(api, source)
+
+        return call_with_retries(attempt, policy)

@@ -2,24 +2,39 @@
 
 An adapter describes only what differs between providers (how to read its error
 bodies, which header carries a trace id) in a `Dialect`. This module owns the rest:
-the client and its headers, the time limits, the body-size cap, turning every failure
-into a `RetryableProviderError` or `FatalProviderError` whose message names the source
-and never the key, and the retry loop with its budget.
+the client and its headers, the time limits, the caps on what one listing may make
+syncer hold, turning every failure into a `RetryableProviderError` or
+`FatalProviderError` whose message names the source and never the key, and the retry
+loop with its budget.
+
+Every response may be hostile, so every bound holds whatever the server sends:
+
+- time: each request (connect, TLS, headers, body) ends by its deadline, because every
+  socket operation is given only the time that is left (`_DeadlineBackend`), and one
+  listing ends within the retry budget plus one request deadline;
+- memory: bodies are decoded here, a bounded piece at a time across any stack of
+  content encodings, and the decoded bytes and the items of one listing, over all its
+  pages, are counted against SYNCER_MAX_LISTING_BYTES and SYNCER_MAX_LISTING_ITEMS.
 """
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import json
 import logging
 import math
+import random
+import ssl
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
+import httpcore
 import httpx
 import msgspec
 import orjson
@@ -30,8 +45,7 @@ from syncer.errors import FatalProviderError, ProviderError, RetryableProviderEr
 from syncer.redaction import redact
 
 if TYPE_CHECKING:
-    import ssl
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from stamina.instrumentation import RetryDetails
 
@@ -48,6 +62,20 @@ _SHORT_CHARS: Final = 60
 _NUL_ESCAPE: Final = b"\\u0000"
 _DIGITS_AS_ZEROS: Final = bytes.maketrans(b"123456789", b"0" * 9)
 _DIGIT_RUN: Final = b"0" * 19
+# Bodies are decoded this much at a time, so that a few kilobytes of gzip cannot
+# expand into gigabytes before the cap is checked.
+_DECODE_PIECE: Final = 256 * 1024
+# More layers than this is no real server's doing; each costs a decompressor.
+_MAX_ENCODINGS: Final = 4
+# Before a body is split into items, the number of JSON values it may hold (commas
+# plus one, an upper bound) is compared with this many times the items cap: items
+# with more fields than that are no listing's, and splitting a body of tiny items
+# costs about 70 bytes per value whatever the cap says.
+VALUES_PER_ITEM: Final = 16
+# The deadline of the request being made on this thread, read by _DeadlineStream.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "syncer_request_deadline", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +251,11 @@ def open_client(
     """An httpx client for one source: its key, syncer's time limits, no redirects.
 
     Redirects are not followed because they would carry the Authorization header to
-    wherever the server points.
+    wherever the server points. Without a `transport`, the network is reached through
+    `_DeadlineBackend`, which holds every request to its deadline.
     """
+    # No single operation may wait longer than a whole request may take.
+    within = policy.request_deadline
     try:
         return httpx.Client(
             headers={
@@ -232,14 +263,14 @@ def open_client(
                 "User-Agent": _user_agent(),
             },
             timeout=httpx.Timeout(
-                connect=policy.connect_timeout,
-                read=policy.read_timeout,
-                write=policy.read_timeout,
-                pool=policy.connect_timeout,
+                connect=min(policy.connect_timeout, within),
+                read=min(policy.read_timeout, within),
+                write=min(policy.read_timeout, within),
+                pool=min(policy.connect_timeout, within),
             ),
             follow_redirects=False,
             verify=_ssl_context(),
-            transport=transport,
+            transport=transport or _DeadlineTransport(_ssl_context()),
         )
     except UnicodeEncodeError:
         # `from None`: the encoding error holds the whole header, key included.
@@ -249,7 +280,13 @@ def open_client(
 
 
 class ProviderClient:
-    """Makes single GET requests for one source; every failure becomes a ProviderError."""
+    """Makes single GET requests for one source; every failure becomes a ProviderError.
+
+    It also keeps the account of one listing, so that every adapter and paginator
+    built on it is bounded alike: the decoded bytes of all its responses, counted as
+    they are read, and its items, which adapters report through `count_items` before
+    they parse them. A listing over either cap is a FatalProviderError.
+    """
 
     def __init__(
         self,
@@ -259,6 +296,7 @@ class ProviderClient:
         policy: HttpPolicy,
         dialect: Dialect,
         known: Mapping[bytes, str] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self._client = client
         self._source_name = source_name
@@ -266,6 +304,30 @@ class ProviderClient:
         self._dialect = dialect
         self.known: Mapping[bytes, str] = known or {}
         """Digest -> id of the source's present files, as stored (items.item_digest)."""
+        self._deadline = deadline
+        self.listed_bytes = 0
+        """Decoded body bytes of the current listing so far (start_listing resets it)."""
+        self.listed_items = 0
+        """Items of the current listing so far, as reported to count_items."""
+
+    def start_listing(self) -> None:
+        """Begin a new listing (a new attempt): its bytes and items count from zero."""
+        self.listed_bytes = self.listed_items = 0
+
+    def count_items(self, count: int, response: JsonResponse) -> None:
+        """Add `count` items of `response` to the listing; fatal beyond the items cap.
+
+        Adapters call it for every page before they parse its items, so that a listing
+        of millions of items never becomes millions of objects.
+        """
+        self.listed_items += count
+        cap = self._policy.max_listing_items
+        if self.listed_items > cap:
+            raise fatal(
+                self._source_name,
+                f"the listing has more than {cap} items (SYNCER_MAX_LISTING_ITEMS; "
+                f"{response.where} alone lists {count}){response.trace}",
+            )
 
     def get_json(
         self,
@@ -280,7 +342,8 @@ class ProviderClient:
         only another body is parsed whole.
         Raises RetryableProviderError (network trouble, timeouts, 429, 5xx, a body that
         is cut off or not JSON) or FatalProviderError (other statuses, a redirect, a
-        body over the size cap, a URL that cannot be requested).
+        listing over its caps, a TLS certificate that does not verify, a URL that
+        cannot be requested).
         """
         try:
             request = self._client.build_request("GET", url, params=params)
@@ -289,6 +352,9 @@ class ProviderClient:
         # Userinfo in a base URL is a credential that redact() does not know about.
         where = f"GET {request.url.copy_with(userinfo=b'')}"
         deadline = time.monotonic() + self._policy.request_deadline
+        if self._deadline is not None:
+            deadline = min(deadline, self._deadline)
+        token = _DEADLINE.set(deadline)
         try:
             response = self._client.send(request, stream=True)
             try:
@@ -296,7 +362,9 @@ class ProviderClient:
             finally:
                 response.close()
         except httpx.HTTPError as exc:
-            raise self._network_error(exc, where) from exc
+            raise self._network_error(exc, where, deadline) from exc
+        finally:
+            _DEADLINE.reset(token)
 
     def _read_response(
         self,
@@ -317,12 +385,17 @@ class ProviderClient:
         if not response.is_success:
             body = self._read_body(response, where, deadline, limit=_QUOTABLE_SIZE)
             raise self._http_error(response, where, body[:_QUOTABLE_SIZE], trace)
-        limit = self._policy.max_body_bytes
-        body = self._read_body(response, where, deadline, limit=limit)
-        if len(body) > limit:
+        cap = self._policy.max_listing_bytes
+        body = self._read_body(response, where, deadline, limit=cap - self.listed_bytes)
+        self.listed_bytes += len(body)
+        if self.listed_bytes > cap:
             raise fatal(
-                self._source_name, f"{where} returned a body larger than {limit} bytes{trace}"
+                self._source_name,
+                f"the listing is larger than {cap} bytes (SYNCER_MAX_LISTING_BYTES): "
+                f"{where} returned a body larger than the {cap - self.listed_bytes + len(body)} "
+                f"bytes left{trace}",
             )
+        self._check_values(body, where, trace)
         page = None if split is None else split_page(body, split)
         if page is not None:
             return JsonResponse(
@@ -335,6 +408,20 @@ class ProviderClient:
                 status=status,
             )
         return self._parsed(body, status, where, trace)
+
+    def _check_values(self, body: bytes, where: str, trace: str) -> None:
+        # Splitting or parsing a body costs memory per JSON value, and a small body can
+        # hold millions of them (`{},{},...`): refuse, before either, one that holds
+        # more values than a listing within the items cap could.
+        values = body.count(b",") + 1
+        limit = self._policy.max_listing_items * VALUES_PER_ITEM
+        if values > limit:
+            raise fatal(
+                self._source_name,
+                f"{where} returned a body of up to {values} JSON values, more than "
+                f"{VALUES_PER_ITEM} per item within SYNCER_MAX_LISTING_ITEMS="
+                f"{self._policy.max_listing_items}{trace}",
+            )
 
     def whole(self, response: JsonResponse) -> JsonResponse:
         """`response` with its body parsed whole, for an adapter that cannot use its
@@ -358,23 +445,43 @@ class ProviderClient:
     def _read_body(
         self, response: httpx.Response, where: str, deadline: float, *, limit: int
     ) -> bytes:
-        """Read the body until it ends or grows past `limit`, within the request deadline.
+        """Read and decode the body until it ends or grows past `limit`, by `deadline`.
 
-        The httpx timeouts bound each network operation; only this check stops a server
-        that keeps dripping a few bytes just often enough.
+        Decoding happens here, not in httpx, a bounded piece at a time: httpx decodes
+        each network chunk whole, and a 3.5 KB chunk of `gzip, gzip` is 2 GiB decoded.
+        The result holds at most a piece more than `limit`. The deadline is also held
+        by the transport (_DeadlineBackend); this check covers any other transport.
         """
+        decoder = _BodyDecoder(response.headers.get("content-encoding", ""))
+        if decoder.unknown:
+            raise fatal(
+                self._source_name,
+                f"{where} answered with Content-Encoding {excerpt(decoder.unknown, 60)!r}, "
+                "which syncer did not ask for and cannot decode",
+            )
+        if decoder.layers > _MAX_ENCODINGS:
+            raise fatal(
+                self._source_name,
+                f"{where} answered with {decoder.layers} stacked content encodings "
+                f"(at most {_MAX_ENCODINGS} are accepted)",
+            )
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_bytes():
-            if time.monotonic() > deadline:
-                raise retryable(
-                    self._source_name,
-                    f"{where} did not finish within {self._policy.request_deadline:g} s",
-                )
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                break
+        try:
+            for piece in decoder.decode(response.iter_raw()):
+                if time.monotonic() > deadline:
+                    raise retryable(
+                        self._source_name,
+                        f"{where} did not finish within {self._policy.request_deadline:g} s",
+                    )
+                chunks.append(piece)
+                size += len(piece)
+                if size > limit:
+                    break
+        except zlib.error as exc:
+            raise retryable(
+                self._source_name, f"{where} sent a body that cannot be decoded: {exc}"
+            ) from None
         return b"".join(chunks)
 
     def _http_error(
@@ -392,7 +499,22 @@ class ProviderClient:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         return retryable(self._source_name, text, retry_after=retry_after)
 
-    def _network_error(self, exc: httpx.HTTPError, where: str) -> ProviderError:
+    def _network_error(self, exc: httpx.HTTPError, where: str, deadline: float) -> ProviderError:
+        if isinstance(exc, httpx.TimeoutException) and time.monotonic() >= deadline - 0.01:
+            return retryable(
+                self._source_name,
+                f"{where} did not finish within {self._policy.request_deadline:g} s "
+                "(SYNCER_REQUEST_TIMEOUT)",
+            )
+        if _certificate_error(exc) is not None:
+            # Retrying cannot make a certificate valid; waiting out the budget would
+            # only hide the cause.
+            return fatal(
+                self._source_name,
+                f"{where} failed: the server's TLS certificate does not verify "
+                f"({excerpt(str(_certificate_error(exc)))}); check base_url, or point "
+                "SSL_CERT_FILE at the CA that signed it",
+            )
         text = f"{where} failed: {type(exc).__name__}: {excerpt(str(exc))}"
         # A scheme httpx cannot speak or a request it refuses to send (a key with a
         # newline, say) fails the same way every time.
@@ -404,6 +526,162 @@ class ProviderClient:
         header = self._dialect.trace_header
         value = response.headers.get(header) if header else None
         return f" (trace id {excerpt(value, _SHORT_CHARS)})" if value else ""
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind `exc`, if that is what it is."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+class _BodyDecoder:
+    """Undoes a response's Content-Encoding, a bounded piece at a time.
+
+    Each layer (`gzip, gzip` is two, undone last first) inflates at most
+    `_DECODE_PIECE` bytes per step and hands them on before inflating more, so
+    memory stays a few pieces per layer however far the body expands; the caller
+    stops pulling once it has enough.
+    """
+
+    _WBITS: Final = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16}
+
+    def __init__(self, header: str) -> None:
+        names = [name.strip().lower() for name in header.split(",")]
+        names = [name for name in names if name and name != "identity"]
+        self.unknown = next(
+            (name for name in names if name not in self._WBITS and name != "deflate"), ""
+        )
+        self.layers = len(names)
+        # The last encoding applied is the first to undo.
+        self._names = names[::-1]
+
+    def decode(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """The decoded body, in pieces of at most `_DECODE_PIECE` bytes."""
+        stream: Iterator[bytes] = iter(chunks)
+        for name in self._names:
+            stream = self._inflate(stream, name)
+        return stream
+
+    def _inflate(self, chunks: Iterator[bytes], name: str) -> Iterator[bytes]:
+        inflater: Any = None
+        for chunk in chunks:
+            if inflater is None:
+                inflater = zlib.decompressobj(self._wbits(name, chunk))
+            data = chunk
+            while data or inflater.unconsumed_tail:
+                piece = inflater.decompress(data or inflater.unconsumed_tail, _DECODE_PIECE)
+                data = b""
+                if piece:
+                    yield piece
+                if inflater.eof or (not piece and not inflater.unconsumed_tail):
+                    break
+            if inflater.eof:
+                return  # anything after the end of the stream is ignored, as httpx does
+        if inflater is not None and (rest := inflater.flush()):
+            yield rest
+
+    def _wbits(self, name: str, first: bytes) -> int:
+        if name != "deflate":
+            return self._WBITS[name]
+        # "deflate" means zlib-wrapped (RFC 9110), but some servers send raw deflate.
+        zlib_header = (
+            len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
+        )
+        return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+
+
+def _time_left(timeout: float | None, error: type[Exception]) -> float | None:
+    """`timeout`, shortened to what is left of this thread's request deadline."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the request deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the request's deadline.
+
+    httpcore's timeouts apply to each socket operation, so a server that drips one
+    byte of its headers every few seconds would never trip them.
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _time_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _time_left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, left))
+
+    def get_extra_info(self, info: str) -> object:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's own sockets, wrapped in _DeadlineStream."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_tcp(host, port, left, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, left, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """httpx's transport on a connection pool that uses _DeadlineBackend.
+
+    httpx builds its pool itself and takes no network backend, so the pool is
+    replaced by one built the same way (direct connections: syncer sets no proxy).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+        super().__init__(verify=ssl_context)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=1,
+            max_keepalive_connections=1,
+            network_backend=_DeadlineBackend(),
+        )
 
 
 def _quote(text: str) -> str:
@@ -437,27 +715,43 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 class _RetryBudget:
     """stamina's backoff hook: whether, and after how long, to try again.
 
-    stamina stops once its timeout has passed, but it checks before sleeping, not
-    after: a long Retry-After would sleep far past the budget. So the hook refuses
-    any wait that would end beyond the budget's deadline.
+    Every wait is chosen here, so that none ends beyond the budget's deadline:
+    stamina checks its timeout before sleeping, not after, and would let a backoff
+    step or a long Retry-After overshoot it. An attempt therefore starts before the
+    deadline and, held to its request deadline, ends at most one SYNCER_REQUEST_TIMEOUT
+    after it.
     """
 
     def __init__(self, policy: HttpPolicy) -> None:
         self._policy = policy
         self._deadline = time.monotonic() + policy.retry_budget
+        self._retries = 0
         self.refused_wait: float | None = None
 
     def __call__(self, exc: Exception) -> bool | float:
         if not isinstance(exc, RetryableProviderError):
             return False
+        left = self._deadline - time.monotonic()
         if exc.retry_after is None:
-            return True  # stamina's exponential backoff with jitter
+            self._retries += 1
+            wait = self._backoff()
+            return min(wait, left) if left > 0 else False
         # A "Retry-After: 0" on every answer must not turn into a busy loop.
         wait = max(exc.retry_after, self._policy.wait_initial)
-        if time.monotonic() + wait > self._deadline:
+        if wait > left:
             self.refused_wait = exc.retry_after
             return False
         return wait
+
+    def _backoff(self) -> float:
+        """Exponential backoff with jitter, as stamina computes it."""
+        initial = self._policy.wait_initial
+        try:
+            wait = initial * 2.0 ** (self._retries - 1)
+        except OverflowError:
+            wait = self._policy.wait_max
+        jitter = random.uniform(0, initial)  # noqa: S311 - spreading retries, not a secret
+        return min(self._policy.wait_max, wait + jitter)
 
     def give_up_message(self, error: RetryableProviderError, attempts: int) -> str:
         tried = "1 attempt" if attempts == 1 else f"{attempts} attempts"

@@ -91,8 +91,11 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
     url = f"{source.base_url.rstrip('/')}/files"
     response = api.get_json(url, split=_RAW_PAGE)  # no query parameter is documented
     split: _RawPage | None = response.page
+    first_page_counted = False
     # The documented single page: only the items that are not stored as listed are parsed.
     if split is not None and not split.has_more:
+        api.count_items(len(split.data), response)
+        first_page_counted = True
         parsed = parse_raw_items(
             split.data,
             known=api.known,
@@ -109,6 +112,8 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
     while True:
         page_number += 1
         page, has_more = _page(response)
+        if page_number > 1 or not first_page_counted:
+            api.count_items(len(page), response)
         storable = storable and response.storable
         # The usual single-page listing needs no ids collected.
         if seen_ids or has_more:

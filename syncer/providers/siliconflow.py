@@ -70,6 +70,7 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
     if split is not None:
         _check_success(response, split.code, split.status, split.message)
         raw_items = split.data.data
+        api.count_items(len(raw_items), response)
         # Only the items that are not stored as listed are parsed.
         parsed = parse_raw_items(
             raw_items,
@@ -81,6 +82,8 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
             return parsed.listing(truncated=len(raw_items) >= source.list_limit)
         response = api.whole(response)
     items = _items(response)
+    if split is None:
+        api.count_items(len(items), response)
     parsed = parse_items(items, reports_status=False, storable=response.storable)
     return parsed.listing(truncated=len(items) >= source.list_limit)
 

@@ -25,6 +25,11 @@ def _to_since(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         return parse_since(value, now=datetime.now(UTC))
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+    except OverflowError:
+        # `9999999d` ago is before the year 1: no datetime holds it.
+        raise click.BadParameter(
+            f"{value!r} reaches outside the dates syncer can compare (years 1 to 9999)"
+        ) from None
 
 
 def _repeatable_choice(flag: str, dest: str, enum: type[StrEnum], help_text: str) -> Decorator:
@@ -76,7 +81,26 @@ file_ids = click.option(
 include_deleted = click.option(
     "--include-deleted", is_flag=True, help="Also files that have disappeared."
 )
-limit = click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N rows.")
+# PostgreSQL's LIMIT is a bigint: a larger number would reach the database and fail
+# there, as if it were down.
+MAX_LIMIT = 2**63 - 1
+limit = click.option(
+    "--limit", type=click.IntRange(min=1, max=MAX_LIMIT), metavar="N", help="At most N rows."
+)
+
+
+def limit_with_default(default: int, help_text: str) -> Decorator:
+    """`--limit N` with a default, bounded like `limit`."""
+    return click.option(
+        "--limit",
+        type=click.IntRange(min=1, max=MAX_LIMIT),
+        default=default,
+        show_default=True,
+        metavar="N",
+        help=help_text,
+    )
+
+
 output_format = click.option(
     "--format",
     "output_format",

@@ -1,4 +1,4 @@
-"""Streaming a report's rows out as a table, JSON lines or CSV.
+r"""Streaming a report's rows out as a table, JSON lines or CSV.
 
 Rows come from a server-side cursor in batches and are written as they arrive, so a
 report of a million events needs the memory of one batch, not of the whole result.
@@ -10,6 +10,13 @@ report of a million events needs the memory of one batch, not of the whole resul
   timestamps are ISO 8601 in UTC, `changes` a nested object, NULL `null`.
 - `csv`: RFC 4180 (CRLF line ends, quotes where needed) with a header row; timestamps
   as in JSON, `changes` as JSON text, NULL an empty field.
+
+Provider text is hostile until shown otherwise (a filename is whatever was uploaded):
+in tables and CSV, control characters (C0, DEL, C1) and the invisible characters that
+reorder or break lines (bidi controls, U+2028/U+2029) are shown as escapes (`\x1b`,
+`\u202e`); a CSV cell that a spreadsheet would run as a formula (starting with `=`,
+`+`, `-`, `@`, tab or CR) gets a leading `'`, as OWASP recommends; JSON carries them
+all as `\uXXXX` escapes, so its text holds no raw control character.
 """
 
 from __future__ import annotations
@@ -35,11 +42,25 @@ if TYPE_CHECKING:
 BATCH = 1000
 TABLE_PAGE = 500
 
-# Provider data shown on a terminal must not move the cursor or change colours: ASCII
-# controls become a space (tabs, line breaks) or U+FFFD.
-_LAYOUT = {ord(c): " " for c in "\t\n\r\v\f"}
-_CONTROLS = {code: "\ufffd" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in _LAYOUT}
-_PRINTABLE = str.maketrans({**_CONTROLS, **_LAYOUT})
+# Characters that must not reach a terminal or a spreadsheet as they are: C0, DEL and
+# C1 controls move the cursor, set colours, ring the bell or start an OSC sequence;
+# bidi controls make text read in another order than it is stored (a `.exe` shown as
+# `.txt`); line and paragraph separators break lines in some viewers.
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_UNSAFE = (*range(0x20), *range(0x7F, 0xA0), *_BIDI, 0x2028, 0x2029)
+_NAMED = {ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
+_ESCAPED = str.maketrans(
+    {
+        code: _NAMED.get(code, f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        for code in _UNSAFE
+    }
+)
+# JSON escapes C0 itself; the rest become \uXXXX escapes, which mean the same to a
+# JSON reader.
+_JSON_ESCAPED = str.maketrans({code: f"\\u{code:04x}" for code in _UNSAFE if code >= 0x7F})
+# OWASP's "CSV injection": a cell starting with one of these is a formula to a
+# spreadsheet; a leading quote makes it text.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class Format(StrEnum):
@@ -83,7 +104,7 @@ def write_report(
 def _write_json(rows: Iterable[Sequence[Any]], columns: Sequence[str], out: TextIO) -> None:
     for row in rows:
         record = {name: _json_value(value) for name, value in zip(columns, row, strict=True)}
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.write(_json_text(record) + "\n")
 
 
 def _write_csv(rows: Iterable[Sequence[Any]], columns: Sequence[str], out: TextIO) -> None:
@@ -136,12 +157,25 @@ def _json_value(value: object) -> object:
     return value
 
 
+def _json_text(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False).translate(_JSON_ESCAPED)
+
+
 def _csv_value(value: object) -> object:
     if isinstance(value, datetime):
         return _iso(value)
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
+        return _json_text(value)
+    if isinstance(value, str):
+        return neutralize_cell(value)
     return "" if value is None else value
+
+
+def neutralize_cell(text: str) -> str:
+    """A CSV cell that shows `text` and runs nothing: controls escaped, a formula
+    start quoted."""
+    text = text.translate(_ESCAPED)
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
 
 
 def _text_value(value: object) -> str:
@@ -150,8 +184,8 @@ def _text_value(value: object) -> str:
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(value, dict | list):
-        value = json.dumps(value, ensure_ascii=False)
-    return str(value).translate(_PRINTABLE)
+        value = _json_text(value)
+    return str(value).translate(_ESCAPED)
 
 
 def _iso(moment: datetime) -> str:
