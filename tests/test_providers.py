@@ -550,10 +550,10 @@ def test_json_of_the_wrong_shape_is_fatal(provider, body, fragment):
 
 
 def test_body_larger_than_the_cap_is_fatal():
-    policy = HttpPolicy(max_body_bytes=1000, wait_initial=0.01, wait_max=0.05)
+    policy = HttpPolicy(max_listing_bytes=1000, wait_initial=0.01, wait_max=0.05)
     fake = FakeProvider(reply(body=ms_body(*(ms_item(f"id-{i}") for i in range(50)))))
 
-    with pytest.raises(FatalProviderError, match="body larger than 1000 bytes"):
+    with pytest.raises(FatalProviderError, match="larger than 1000 bytes"):
         fake.fetch("moonshot", policy=policy)
 
 

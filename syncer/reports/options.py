@@ -84,8 +84,20 @@ include_deleted = click.option(
 # PostgreSQL's LIMIT is a bigint: a larger number would reach the database and fail
 # there, as if it were down.
 MAX_LIMIT = 2**63 - 1
+
+
+def _check_limit(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value > MAX_LIMIT:
+        raise click.BadParameter(f"{value} is more rows than a query can return ({MAX_LIMIT})")
+    return value
+
+
 limit = click.option(
-    "--limit", type=click.IntRange(min=1, max=MAX_LIMIT), metavar="N", help="At most N rows."
+    "--limit",
+    type=click.IntRange(min=1),
+    callback=_check_limit,
+    metavar="N",
+    help="At most N rows.",
 )
 
 
@@ -93,7 +105,8 @@ def limit_with_default(default: int, help_text: str) -> Decorator:
     """`--limit N` with a default, bounded like `limit`."""
     return click.option(
         "--limit",
-        type=click.IntRange(min=1, max=MAX_LIMIT),
+        type=click.IntRange(min=1),
+        callback=_check_limit,
         default=default,
         show_default=True,
         metavar="N",
