@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import random
 import re
@@ -36,6 +37,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections import deque
@@ -317,6 +319,120 @@ class BrokenPaginator(Fault):
     def serve(self, exchange: _Handler) -> None:
         """Send the first page whatever `after` says, claiming there is more."""
         exchange.send(exchange.normal_reply(broken_paginator=True))
+
+
+# --- Hostile faults -----------------------------------------------------------------
+# What an attacker (or a badly broken gateway) could send, for the hardening tests:
+# each is built directly, e.g. `sim.inject("moonshot", HeaderDrip(0.5))`.
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderDrip(Fault):
+    """A status line and headers sent one byte every `delay` seconds, never ending."""
+
+    delay: float = 1.0
+
+    def serve(self, exchange: _Handler) -> None:
+        """Drip header bytes until the client hangs up (a write then fails)."""
+        exchange.close_connection = True
+        head = b"HTTP/1.1 200 OK\r\nX-Drip: "
+        for index in range(1_000_000):
+            exchange.wfile.write(head[index : index + 1] or b"a")
+            exchange.wfile.flush()
+            time.sleep(self.delay)
+
+
+@dataclass(frozen=True, slots=True)
+class Silent(Fault):
+    """The connection is accepted and the request read, and nothing is ever answered."""
+
+    def serve(self, exchange: _Handler) -> None:
+        """Wait until the client hangs up or the simulator stops."""
+        exchange.close_connection = True
+        with contextlib.suppress(OSError):
+            while exchange.connection.recv(4096):
+                pass
+
+
+@dataclass(frozen=True, slots=True)
+class EndlessBody(Fault):
+    """A 200 whose body is `size` bytes of JSON whitespace (2 GiB by default)."""
+
+    size: int = 2 << 30
+
+    def serve(self, exchange: _Handler) -> None:
+        """Announce the size, then write it a megabyte at a time."""
+        exchange.close_connection = True
+        exchange.send_response(200)
+        exchange.send_header("Content-Type", _JSON)
+        exchange.send_header("Content-Length", str(self.size))
+        exchange.end_headers()
+        block = b" " * (1 << 20)
+        for start in range(0, self.size, len(block)):
+            exchange.wfile.write(block[: self.size - start])
+
+
+@dataclass(frozen=True, slots=True)
+class EndlessPages(Fault):
+    """Moonshot: pages of `per_page` new files each, every one saying `has_more: true`.
+
+    Each page follows its `after` cursor, so no page repeats an id: only a cap on the
+    listing's size can stop the listing. Use it as a persistent fault.
+    """
+
+    per_page: int = 20_000
+
+    def serve(self, exchange: _Handler) -> None:
+        """Answer the page after the `after` cursor."""
+        after = parse_qs(urlsplit(exchange.path).query).get("after", ["page-0-0"])[0]
+        page = int(after.split("-")[1]) + 1
+        items = [
+            {
+                "id": f"page-{page}-{index}",
+                "object": "file",
+                "bytes": 1000 + index,
+                "created_at": 1_700_000_000 + index,
+                "filename": f"endless-{page}-{index}.jsonl",
+                "purpose": "batch",
+                "status": "ok",
+                "status_details": "",
+            }
+            for index in range(self.per_page)
+        ]
+        exchange.send(_json_reply(200, {"object": "list", "data": items, "has_more": True}))
+
+
+def gzip_bomb(size: int = 2 << 30, layers: int = 2) -> bytes:
+    """A valid `gzip` body, gzipped again `layers - 1` times, that decodes to `size` zeros.
+
+    2 GiB in two layers is about 5 KB. Serve it with
+    `Fault.response(200, gzip_bomb(), headers={"Content-Encoding": "gzip, gzip"})`.
+    """
+    return _gzip_bomb(size, layers)
+
+
+@functools.cache
+def _gzip_bomb(size: int, layers: int) -> bytes:
+    # After a full flush, deflate starts afresh, so every further megabyte of zeros
+    # compresses to the same bytes: the body is built by repeating them, and only
+    # the trailer (CRC and size of the whole) has to be computed over 2 GiB.
+    block = bytes(1 << 20)
+    blocks = max(size >> 20, 2)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    head = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    repeated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    final_block = compressor.flush()[:-8]
+    crc = 0
+    for _ in range(blocks):
+        crc = zlib.crc32(block, crc)
+    total = blocks << 20
+    body = (
+        head + repeated * (blocks - 1) + final_block + struct.pack("<II", crc, total & 0xFFFFFFFF)
+    )
+    for _ in range(layers - 1):
+        compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+        body = compressor.compress(body) + compressor.flush()
+    return body
 
 
 # --- The wire formats ---------------------------------------------------------------
