@@ -3,6 +3,7 @@ that the database's schema is the one this release was written for."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,7 +60,7 @@ def revisions(engine: sa.Engine) -> tuple[str | None, str, bool]:
     head = script.get_current_head()
     assert head is not None, "the migrations have a head"
     with engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
+        current = _context(connection).get_current_revision()
     known = current is None or current in {rev.revision for rev in script.walk_revisions()}
     return current, head, known
 
@@ -100,11 +101,21 @@ def schema_differences(engine: sa.Engine) -> list[str]:
     syncer's.
     """
     with engine.connect() as connection:
-        context = MigrationContext.configure(
-            connection, opts={"compare_type": True, "compare_server_default": True}
-        )
+        context = _context(connection, compare_type=True, compare_server_default=True)
         diffs = compare_metadata(context, metadata)
     return [text for diff in diffs if (text := _describe(diff)) is not None]
+
+
+def _context(connection: sa.Connection, **opts: bool) -> MigrationContext:
+    # Alembic logs "Context impl PostgresqlImpl." at INFO for every context: noise in
+    # front of a command's one line, for a look that changes nothing.
+    migration_log = logging.getLogger("alembic.runtime.migration")
+    level = migration_log.level
+    migration_log.setLevel(logging.WARNING)
+    try:
+        return MigrationContext.configure(connection, opts=opts)
+    finally:
+        migration_log.setLevel(level)
 
 
 _STATES = {"add": "missing", "remove": "not in the models"}
