@@ -722,11 +722,11 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 class _RetryBudget:
     """stamina's backoff hook: whether, and after how long, to try again.
 
-    Every wait is chosen here, so that none ends beyond the budget's deadline:
-    stamina checks its timeout before sleeping, not after, and would let a backoff
-    step or a long Retry-After overshoot it. An attempt therefore starts before the
-    deadline and, held to its request deadline, ends at most one SYNCER_REQUEST_TIMEOUT
-    after it.
+    Every wait is chosen here, and one that would end beyond the budget's deadline is
+    refused (the sync gives up): stamina checks its timeout before sleeping, not
+    after, and would let a backoff step or a long Retry-After overshoot it. An attempt
+    therefore starts before the deadline and, held to its request deadline, ends at
+    most one SYNCER_REQUEST_TIMEOUT after it.
     """
 
     def __init__(self, policy: HttpPolicy) -> None:
@@ -741,8 +741,9 @@ class _RetryBudget:
         left = self._deadline - time.monotonic()
         if exc.retry_after is None:
             self._retries += 1
+            # A wait that would end past the budget is not taken: the sync gives up.
             wait = self._backoff()
-            return min(wait, left) if left > 0 else False
+            return wait if wait <= left else False
         # A "Retry-After: 0" on every answer must not turn into a busy loop.
         wait = max(exc.retry_after, self._policy.wait_initial)
         if wait > left:
