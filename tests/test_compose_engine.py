@@ -81,14 +81,6 @@ class DeploySteps:
 
 STEPS = DeploySteps.from_readme((REPO / "README.md").read_text(encoding="utf-8"))
 
-
-def test_the_deploy_steps_are_found_in_the_readme():
-    """Fails fast, engine or not, when the README no longer has a step this module runs."""
-    for pattern in _README_PATTERNS:
-        STEPS.command(pattern)
-    assert STEPS.setup.count(KEY_PLACEHOLDER) == 1
-
-
 UP = r"docker compose up -d"
 PS = r"docker compose ps"
 LOGS = r"docker compose logs -f syncer"
@@ -101,6 +93,13 @@ SCALE = r"docker compose up -d --scale syncer=2"
 PROMETHEUS = r"docker compose --profile prometheus up -d"
 DOWN = r"docker compose --profile prometheus down"
 _README_PATTERNS = (UP, PS, LOGS, REPORT, DUMP, STOP, RESTORE, START, SCALE, PROMETHEUS, DOWN)
+
+
+def test_the_deploy_steps_are_found_in_the_readme():
+    """Fails fast, engine or not, when the README no longer has a step this module runs."""
+    for pattern in _README_PATTERNS:
+        STEPS.command(pattern)
+    assert STEPS.setup.count(KEY_PLACEHOLDER) == 1
 
 
 # --- The stack ----------------------------------------------------------------------------
