@@ -354,13 +354,15 @@ def read_bounded(setting: str, path: Path, limit: int) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as error:
         raise ConfigError(f"{setting}: cannot read {path}: {error.strerror}") from None
-    with os.fdopen(fd, "rb") as file:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConfigError(f"{setting}: {path} is not a regular file")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{setting}: {path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
             data = file.read(limit + 1)
-        except OSError as error:
-            raise ConfigError(f"{setting}: cannot read {path}: {error.strerror}") from None
+    except OSError as error:
+        raise ConfigError(f"{setting}: cannot read {path}: {error.strerror}") from None
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise ConfigError(f"{setting}: {path} is larger than {limit} bytes")
     try:
