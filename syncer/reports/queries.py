@@ -142,6 +142,7 @@ def runs_report(filters: Filters) -> Report:
         "status_changed",
         "changed",
         "disappeared",
+        "expired",
         "reappeared",
         "error",
     )
