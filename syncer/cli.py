@@ -146,12 +146,9 @@ def check() -> None:
         try:
             listing = fetch_listing(source, policy)
             state = "ok" if listing.complete else f"incomplete: {_why_incomplete(listing)}"
-            click.echo(
-                f"source {source.name} ({source.provider}): {state} "
-                f"({listing.items_listed} files listed)"
-            )
+            click.echo(f"source {source.name}: {state} ({listing.items_listed} files listed)")
         except ProviderError as error:
-            click.echo(f"source {source.name} ({source.provider}): {redact(str(error))}")
+            click.echo(f"source {source.name}: {redact(str(error))}")
             problems += 1
     sys.exit(EXIT_OK if problems == 0 else EXIT_FAILED)
 

@@ -22,6 +22,7 @@ from syncer.db import store
 from syncer.diff import TRACKED_FIELDS, StoredFile, _snapshot
 from syncer.model import ListedFile, Outcome, StatusClass
 from syncer.providers.http import parse_json, parse_json_checked
+from syncer.providers import moonshot
 from syncer.providers.items import parse_items
 from syncer.simulator import Account, Simulator
 from syncer.sync import sync_source
@@ -294,7 +295,7 @@ def test_the_simulator_serves_a_changed_account_afresh():
 def test_a_parsed_item_fills_every_field_of_its_listed_file():
     raw = item(5, status="Processing", status_details="queued", line_count=7)
 
-    parsed = parse_items([raw], reports_status=True, storable=True)
+    parsed = parse_items([raw], moonshot.ITEMS, storable=True)
 
     assert parsed.files == (
         ListedFile(

@@ -120,8 +120,8 @@ def upgrade() -> None:
         sa.Column("expired", sa.Integer(), server_default=sa.text("0"), nullable=False),
     )
     op.add_column("file_events", sa.Column("new_status_class", sa.Text(), nullable=True))
-    op.drop_constraint("ck_file_events_kind", "file_events", type_="check")
-    op.create_check_constraint("ck_file_events_kind", "file_events", _kinds(_KINDS))
+    op.drop_constraint(op.f("ck_file_events_kind"), "file_events", type_="check")
+    op.create_check_constraint(op.f("ck_file_events_kind"), "file_events", _kinds(_KINDS))
     # Every event that starts a version gets the class 0003's view gave it, once.
     op.execute(
         "UPDATE file_events AS e SET new_status_class = h.status_class"
@@ -149,8 +149,8 @@ def downgrade() -> None:
     op.execute(reporting.FILES_AS_OF)
     # The old schema knows no expiry: an expired file was a disappeared one there.
     op.execute("UPDATE file_events SET kind = 'disappeared' WHERE kind = 'expired'")
-    op.drop_constraint("ck_file_events_kind", "file_events", type_="check")
-    op.create_check_constraint("ck_file_events_kind", "file_events", _kinds(_KINDS_BEFORE))
+    op.drop_constraint(op.f("ck_file_events_kind"), "file_events", type_="check")
+    op.create_check_constraint(op.f("ck_file_events_kind"), "file_events", _kinds(_KINDS_BEFORE))
     op.drop_column("file_events", "new_status_class")
     op.drop_column("sync_runs", "expired")
     op.drop_column("files", "expires_at")

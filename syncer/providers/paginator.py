@@ -59,20 +59,22 @@ class CursorStyle:
     """Whether a page without items may leave the array out (proto3 JSON does)."""
     max_pages: int = MAX_PAGES
 
-    @functools.cached_property
-    def decoder(self) -> msgspec.json.Decoder[Any]:
-        """A page of this style with its items left as JSON text (http.split_page)."""
-        items_default: Any = [] if self.items_optional else msgspec.NODEFAULT
-        shape = msgspec.defstruct(
-            "RawPage",
-            [
-                ("items", list[msgspec.Raw], items_default),
-                ("has_more", bool | None, None),
-                ("token", str | None, None),
-            ],
-            rename={"items": self.items_key, "token": self.token_key},
-        )
-        return msgspec.json.Decoder(shape)
+
+
+@functools.cache
+def page_decoder(style: CursorStyle) -> msgspec.json.Decoder[Any]:
+    """A page of `style` with its items left as JSON text (http.split_page)."""
+    items_default: Any = [] if style.items_optional else msgspec.NODEFAULT
+    shape = msgspec.defstruct(
+        "RawPage",
+        [
+            ("items", list[msgspec.Raw], items_default),
+            ("has_more", bool | None, None),
+            ("token", str | None, None),
+        ],
+        rename={"items": style.items_key, "token": style.token_key},
+    )
+    return msgspec.json.Decoder(shape)
 
 
 @dataclass(slots=True)
@@ -111,7 +113,7 @@ def list_pages(
         response = api.get_json(
             url,
             {**query, style.cursor_param: cursor} if cursor is not None else query,
-            split=style.decoder,
+            split=page_decoder(style),
         )
         page = _read_page(api, response, style)
         pages.append(page)

@@ -114,10 +114,9 @@ def events_report(filters: Filters) -> Report:
     if filters.file_ids:
         statement = statement.where(file_events.c.file_id.in_(filters.file_ids))
     if filters.status_classes:
-        new_class = sa.func.syncer_status_class(file_events.c.provider, file_events.c.new_status)
+        # Events that end a file's presence have no class after them (NULL).
         statement = statement.where(
-            file_events.c.kind != EventKind.DISAPPEARED.value,
-            new_class.in_(_values(filters.status_classes)),
+            file_events.c.new_status_class.in_(_values(filters.status_classes))
         )
     if filters.since is not None:
         statement = statement.where(file_events.c.occurred_at >= filters.since)
