@@ -20,6 +20,7 @@ from psycopg import sql
 from syncer.config import HttpPolicy, SourceConfig, SyncRules
 from syncer.db.engine import create_db_engine
 from syncer.db.migrate import upgrade_to_head
+from syncer.providers import provider_names
 from syncer.redaction import Secret
 from syncer.simulator import Simulator
 
@@ -133,7 +134,7 @@ def env(engine, database_url, simulator, tmp_path) -> dict[str, str]:
     base = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("SYNCER_", "SILICONFLOW_", "MOONSHOT_"))
+        if not k.startswith(("SYNCER_", *(f"{name.upper()}_" for name in provider_names())))
     }
     return {
         **base,

@@ -10,7 +10,6 @@ listings themselves.
 from __future__ import annotations
 
 import json
-
 from datetime import UTC, datetime, timedelta
 from typing import Any
 

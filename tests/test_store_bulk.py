@@ -21,8 +21,8 @@ from syncer.bulk import gc_paused
 from syncer.db import store
 from syncer.diff import TRACKED_FIELDS, StoredFile, _snapshot
 from syncer.model import ListedFile, Outcome, StatusClass
-from syncer.providers.http import parse_json, parse_json_checked
 from syncer.providers import moonshot
+from syncer.providers.http import parse_json, parse_json_checked
 from syncer.providers.items import parse_items
 from syncer.simulator import Account, Simulator
 from syncer.sync import sync_source

@@ -177,10 +177,14 @@ def _envelope(page: ServedPage) -> object:
     items, has_more = page.items, page.has_more
     return {
         "data": items,
-        "first_id": items[0]["id"] if items and isinstance(items[0], dict) else None,
-        "last_id": items[-1]["id"] if items and isinstance(items[-1], dict) else None,
+        "first_id": _item_id(items[0]) if items else None,
+        "last_id": _item_id(items[-1]) if items else None,
         "has_more": bool(has_more),
     }
+
+
+def _item_id(item: object) -> object:
+    return item.get("id") if isinstance(item, dict) else None
 
 
 def _error(status: int, error_type: str | None, message: str | None) -> SimulatedError:

@@ -162,10 +162,14 @@ def _envelope(page: ServedPage) -> object:
     return {
         "object": "list",
         "data": items,
-        "first_id": items[0]["id"] if items and isinstance(items[0], dict) else None,
-        "last_id": items[-1]["id"] if items and isinstance(items[-1], dict) else None,
+        "first_id": _item_id(items[0]) if items else None,
+        "last_id": _item_id(items[-1]) if items else None,
         "has_more": bool(has_more),
     }
+
+
+def _item_id(item: object) -> object:
+    return item.get("id") if isinstance(item, dict) else None
 
 
 def _error(status: int, error_type: str | None, message: str | None) -> SimulatedError:
@@ -207,6 +211,7 @@ PROVIDER: Final = Provider(
             "Line 3: missing 'messages' key",
         ),
         expires_at=_expires_at,
+        expiry_fields=lambda at: {"expires_at": at},
         appearing=(1, 3),
     ),
     list_limit=MAX_LIMIT,

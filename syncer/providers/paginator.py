@@ -60,7 +60,6 @@ class CursorStyle:
     max_pages: int = MAX_PAGES
 
 
-
 @functools.cache
 def page_decoder(style: CursorStyle) -> msgspec.json.Decoder[Any]:
     """A page of `style` with its items left as JSON text (http.split_page)."""

@@ -103,6 +103,8 @@ class Personality:
     """The item fields that say (status, details); None: no status."""
     expires_at: Callable[[Mapping[str, Any]], float | None] | None = None
     """When a served item expires (Unix seconds): the simulator stops listing it then."""
+    expiry_fields: Callable[[int], dict[str, Any]] | None = None
+    """The item fields that say a file expires at the given Unix second (None: no expiry)."""
     failure_details: tuple[str, ...] = ("processing failed",)
     """What a file that fails processing says about it (status details)."""
     appearing: tuple[int, int] = (1, 3)

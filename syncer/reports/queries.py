@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from syncer.db.schema import file_events, files, sync_runs
-from syncer.model import EventKind
 
 if TYPE_CHECKING:
     from enum import StrEnum
 
-    from syncer.model import Outcome, StatusClass
+    from syncer.model import EventKind, Outcome, StatusClass
 
 _AGO = re.compile(r"(\d+)\s*([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
