@@ -34,6 +34,7 @@ from psycopg import sql
 from syncer import config
 from syncer.config import load_settings
 from syncer.db.engine import create_db_engine
+from syncer.providers import provider_names
 from syncer.redaction import Secret
 from syncer.simulator import Fault, Simulator
 
@@ -45,7 +46,7 @@ BIN = Path(sys.executable).parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 SECRET_NAMES = re.compile(r"(API_KEY|PASSWORD|DATABASE_URL|ALERT_URLS)$")
 # Both providers' keys switch on the settings read only for a configured provider.
-WITH_EVERY_SOURCE = {"SILICONFLOW_API_KEY": "sk-deploy-test-1", "MOONSHOT_API_KEY": "sk-deploy-2"}
+WITH_EVERY_SOURCE = {f"{name.upper()}_API_KEY": f"sk-deploy-{name}" for name in provider_names()}
 
 
 @pytest.fixture(scope="module")
