@@ -95,6 +95,16 @@ def error_cases(provider: str) -> list[ErrorCase]:
 
 
 _SPECIFIC: dict[str, list[ErrorCase]] = {
+    "gemini": [
+        ErrorCase("bad key", Fault.status(401), retried=False, says="HTTP 400 API_KEY_INVALID"),
+        ErrorCase(
+            "daily quota",
+            Fault.status(429, error_type="daily_quota"),
+            retried=False,
+            says="PerDay",
+        ),
+        ErrorCase("unavailable", Fault.status(503), retried=True, says="HTTP 503"),
+    ],
     "siliconflow": [
         ErrorCase("overloaded", Fault.status(503), retried=True, says="code 50505"),
     ],
