@@ -241,7 +241,9 @@ def _plan_missing(
     expired = {f.file_id for f in due if _has_expired(f, now)}
     held = 0
     vanished = len(due) - len(expired)
-    if not allow_mass_disappear and _trips_breaker(vanished, len(stored.present), rules):
+    # Measured against the files that were not due to expire anyway.
+    not_expiring = len(stored.present) - len(expired)
+    if not allow_mass_disappear and _trips_breaker(vanished, not_expiring, rules):
         held = vanished
     for gone in missing:
         is_due = gone.missing_count + 1 >= rules.missing_grace
