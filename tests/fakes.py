@@ -9,10 +9,13 @@ are checked against it rather than against themselves.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import httpx
 
 from syncer.config import HttpPolicy, SourceConfig
 from syncer.providers import get_provider
@@ -142,3 +145,41 @@ _SPECIFIC: dict[str, list[ErrorCase]] = {
         ErrorCase("overloaded", Fault.status(529), retried=True, says="overloaded_error"),
     ],
 }
+
+
+class ScriptedMoonshot:
+    """A Moonshot list endpoint over httpx.MockTransport, for tests of one sync's logic
+    that script the inventory item by item (`items`, `raw_items`, `fail_with`); tests of
+    the wire use the simulator instead."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.items: dict[str, dict[str, Any]] = {}
+        self.raw_items: list[Any] | None = None
+        self.fail_with: int | None = None
+
+    def add(self, file_id: str, status: str = "ok", **fields: Any) -> None:
+        self.items[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": 1000,
+            "created_at": 1_760_000_000,
+            "filename": f"{file_id}.pdf",
+            "purpose": "file-extract",
+            "status": status,
+            "status_details": "",
+            **fields,
+        }
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.key}":
+            body = {"error": {"type": "invalid_authentication_error", "message": "no"}}
+            return httpx.Response(401, json=body)
+        if self.fail_with is not None:
+            body = {"error": {"type": "server_error", "message": "down"}}
+            return httpx.Response(self.fail_with, json=body)
+        items = self.raw_items if self.raw_items is not None else list(self.items.values())
+        return httpx.Response(200, content=json.dumps({"object": "list", "data": items}))
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handler)

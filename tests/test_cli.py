@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from syncer.providers import provider_names
-from syncer.simulator import Fault
+from syncer.simulator import Fault, Simulator
 
 SECRET_KEYS = ("sk-sim-siliconflow", "sk-sim-moonshot")
 
@@ -353,14 +353,15 @@ def test_demo_runs_the_whole_loop_on_an_embedded_database(tmp_path):
         assert shown in result.stdout
 
 
-def test_check_shows_every_provider(engine, env, simulator, tmp_path):
-    for account in simulator.accounts:
-        prefix = account.provider.upper()
-        env[f"{prefix}_API_KEY"] = account.api_key
-        env[f"{prefix}_BASE_URL"] = simulator.base_url(account.name)
-        simulator.add_files(account.name, 2)
+def test_check_shows_every_provider(engine, env, tmp_path):
+    with Simulator(seed=3) as every:  # one account per provider
+        for account in every.accounts:
+            prefix = account.provider.upper()
+            env[f"{prefix}_API_KEY"] = account.api_key
+            env[f"{prefix}_BASE_URL"] = every.base_url(account.name)
+            every.add_files(account.name, 2)
 
-    checked = syncer("check", env=env, cwd=tmp_path)
+        checked = syncer("check", env=env, cwd=tmp_path)
 
     assert checked.returncode == 0, checked.stdout
     assert f"settings: ok ({len(provider_names())} sources" in checked.stdout

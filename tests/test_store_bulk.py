@@ -16,6 +16,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import make_source
+from fakes import ScriptedMoonshot
 
 from syncer.bulk import gc_paused
 from syncer.db import store
@@ -45,21 +46,11 @@ def item(number: int, status: str = "ok", **fields: Any) -> dict[str, Any]:
     }
 
 
-class Listing:
-    """A Moonshot list endpoint serving `items`, in that order."""
-
-    def __init__(self, count: int) -> None:
-        self.items = {f"f{n:06d}": item(n) for n in range(count)}
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        assert request.headers["Authorization"] == f"Bearer {KEY}"
-        body = {"object": "list", "data": list(self.items.values())}
-        return httpx.Response(200, content=json.dumps(body))
-
-
 @pytest.fixture
 def listing():
-    return Listing(FILES)
+    scripted = ScriptedMoonshot(KEY)
+    scripted.items = {f"f{n:06d}": item(n) for n in range(FILES)}
+    return scripted
 
 
 @pytest.fixture
