@@ -11,22 +11,26 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from syncer.model import EventKind, Outcome, StatusClass, classify_status
+from syncer.model import EventKind, Outcome, StatusClass
+from syncer.providers.spec import registry
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from datetime import datetime
 
     from syncer.diff import Plan, PlannedEvent
     from syncer.model import ListedFile
 
-# A source alerts when its failed runs in a row reach this many (DESIGN.md 6).
+# A source alerts when its failed runs in a row reach this many (DESIGN.md 6), and
+# when its incomplete runs in a row do: such a source never tracks disappearances.
 FAILURE_STREAK = 3
+INCOMPLETE_STREAK = 3
 
 
 class AlertKind(StrEnum):
     FILE_FAILED = "file_failed"
     SOURCE_FAILING = "source_failing"
+    SOURCE_INCOMPLETE = "source_incomplete"
     SOURCE_RECOVERED = "source_recovered"
     RUN_HELD = "run_held"
 
@@ -42,6 +46,7 @@ class Severity(StrEnum):
 _SEVERITY = {
     AlertKind.FILE_FAILED: Severity.FAILURE,
     AlertKind.SOURCE_FAILING: Severity.FAILURE,
+    AlertKind.SOURCE_INCOMPLETE: Severity.WARNING,
     AlertKind.SOURCE_RECOVERED: Severity.SUCCESS,
     AlertKind.RUN_HELD: Severity.WARNING,
 }
@@ -51,13 +56,15 @@ _SEVERITY = {
 class SourceHistory:
     """What the runs before the current one say about a source.
 
-    consecutive_failures:  `failed` runs since the last run that was not failed.
-    last_complete_outcome: outcome of the latest `ok` or `held` run (the runs whose
-                           listing was complete), None if there was none.
+    consecutive_failures:   `failed` runs since the last run that was not failed.
+    last_complete_outcome:  outcome of the latest `ok` or `held` run (the runs whose
+                            listing was complete), None if there was none.
+    consecutive_incomplete: `incomplete` runs since the last run that was not.
     """
 
     consecutive_failures: int = 0
     last_complete_outcome: Outcome | None = None
+    consecutive_incomplete: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +110,10 @@ def alerts_for_run(
     """The alerts of a run whose listing was applied (ok, incomplete or held)."""
     alerts: list[NewAlert] = []
     listed = {file.file_id: file for file in plan.upserts}
+    classify = registry()[provider].items.classify if provider in registry() else None
     for event in plan.events:
         file = listed.get(event.file_id)
-        if file is not None and _enters_failed(event, file):
+        if file is not None and _enters_failed(event, file, classify):
             alerts.append(
                 NewAlert(
                     key=f"{AlertKind.FILE_FAILED}/{source}/{run_id}/{event.file_id}",
@@ -128,6 +136,7 @@ def alerts_for_run(
                 outcome=plan.outcome.value,
             )
         )
+    alerts.extend(_incomplete_streak_alerts(source, provider, run_id, plan, history, observed_at))
     # Alert when the breaker trips, not again on every held run while it stays tripped.
     if plan.outcome is Outcome.HELD and history.last_complete_outcome is not Outcome.HELD:
         alerts.append(
@@ -141,6 +150,44 @@ def alerts_for_run(
             )
         )
     return alerts
+
+
+def _incomplete_streak_alerts(
+    source: str,
+    provider: str,
+    run_id: int,
+    plan: Plan,
+    history: SourceHistory,
+    observed_at: datetime,
+) -> list[NewAlert]:
+    """source_incomplete when the streak reaches the limit; source_recovered when a
+    complete listing (ok or held) ends a streak that had alerted."""
+    if plan.outcome is Outcome.INCOMPLETE:
+        if history.consecutive_incomplete + 1 != INCOMPLETE_STREAK:
+            return []
+        return [
+            _source_alert(
+                AlertKind.SOURCE_INCOMPLETE,
+                source,
+                provider,
+                run_id,
+                observed_at,
+                incomplete_runs=INCOMPLETE_STREAK,
+            )
+        ]
+    if history.consecutive_incomplete >= INCOMPLETE_STREAK:
+        return [
+            _source_alert(
+                AlertKind.SOURCE_RECOVERED,
+                source,
+                provider,
+                run_id,
+                observed_at,
+                incomplete_runs=history.consecutive_incomplete,
+                outcome=plan.outcome.value,
+            )
+        ]
+    return []
 
 
 def alerts_for_failed_run(
@@ -200,12 +247,29 @@ def render(key: str, kind: str, source: str, provider: str, payload: Mapping[str
             f"Last error: {payload.get('error')}",
             f"Sync run {run} at {at}.",
         ]
+    elif alert_kind is AlertKind.SOURCE_INCOMPLETE:
+        title = f"syncer: source {source} lists incompletely"
+        lines = [
+            (
+                f"Source {source} ({provider}) has had {payload.get('incomplete_runs')} "
+                "incomplete listings in a row (unusable items, a listing cut short, or "
+                "pages that ended early): files that are gone are not being marked "
+                "disappeared."
+            ),
+            "The sync log names the cause of each incomplete listing.",
+            f"Sync run {run} at {at}.",
+        ]
     elif alert_kind is AlertKind.SOURCE_RECOVERED:
         title = f"syncer: source {source} recovered"
+        streak = (
+            f"{payload.get('failed_runs')} failed syncs"
+            if "failed_runs" in payload
+            else f"{payload.get('incomplete_runs')} incomplete listings"
+        )
         lines = [
             (
                 f"Source {source} ({provider}) synced again ({payload.get('outcome')}) "
-                f"after {payload.get('failed_runs')} failed syncs in a row."
+                f"after {streak} in a row."
             ),
             f"Sync run {run} at {at}.",
         ]
@@ -227,12 +291,21 @@ def render(key: str, kind: str, source: str, provider: str, payload: Mapping[str
     return Message(title=title, body="\n".join(lines), severity=_SEVERITY[alert_kind])
 
 
-def _enters_failed(event: PlannedEvent, file: ListedFile) -> bool:
+def _enters_failed(
+    event: PlannedEvent,
+    file: ListedFile,
+    classify: Callable[[str | None], StatusClass] | None,
+) -> bool:
+    """Whether the event puts the file in the failed class it was not in before.
+
+    The class before is the provider's reading of the old status (its registry entry);
+    an unknown provider's old status is taken as not failed.
+    """
     if file.status_class is not StatusClass.FAILED:
         return False
     if event.kind in (EventKind.APPEARED, EventKind.REAPPEARED):
         return True
-    was = classify_status(event.old_status, provider_reports_status=True)
+    was = classify(event.old_status) if classify is not None else StatusClass.UNKNOWN
     return event.kind is EventKind.STATUS_CHANGED and was is not StatusClass.FAILED
 
 

@@ -31,7 +31,7 @@ from syncer.demo import run_demo
 from syncer.errors import ConfigError, DatabaseUnavailableError, ProviderError, SourceBusyError
 from syncer.logs import configure_logging
 from syncer.model import EventKind, Outcome, StatusClass
-from syncer.providers import fetch_listing
+from syncer.providers import fetch_listing, registry
 from syncer.providers.http import log_retry
 from syncer.redaction import redact
 from syncer.reports import (
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from syncer.delivery import Target
+    from syncer.model import Listing
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _CHECK_RETRY_BUDGET = 15.0
@@ -134,9 +135,8 @@ def check() -> None:
     targets = build_targets(settings.alert_urls)
     click.echo(f"settings: ok ({len(settings.sources)} sources, {len(targets)} alert targets)")
     if not settings.sources:
-        click.echo(
-            "sources: none configured (set SILICONFLOW_API_KEY, MOONSHOT_API_KEY or SYNCER_CONFIG)"
-        )
+        keys = ", ".join(f"{provider.env_prefix}_API_KEY" for provider in registry().values())
+        click.echo(f"sources: none configured (set {keys} or SYNCER_CONFIG)")
         problems += 1
     try:
         with _engine(settings, check_schema=False) as engine:
@@ -156,11 +156,20 @@ def check() -> None:
     for source in settings.sources:
         try:
             listing = fetch_listing(source, policy)
-            click.echo(f"source {source.name}: ok ({listing.items_listed} files listed)")
+            state = "ok" if listing.complete else f"incomplete: {_why_incomplete(listing)}"
+            click.echo(f"source {source.name}: {state} ({listing.items_listed} files listed)")
         except ProviderError as error:
             click.echo(f"source {source.name}: {redact(str(error))}")
             problems += 1
     sys.exit(EXIT_OK if problems == 0 else EXIT_FAILED)
+
+
+def _why_incomplete(listing: Listing) -> str:
+    if listing.early_end:
+        return listing.early_end
+    if listing.skipped:
+        return f"{listing.skipped} unusable items"
+    return "the listing may be cut off at its limit"
 
 
 @cli.command()

@@ -22,16 +22,12 @@ import platformdirs
 from dotenv import dotenv_values
 
 from syncer.errors import ConfigError
+from syncer.providers.spec import registry
 from syncer.redaction import Secret, check_api_key, register_secret
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-PROVIDERS = ("siliconflow", "moonshot")
-DEFAULT_BASE_URLS = {
-    "siliconflow": "https://api.siliconflow.cn/v1",
-    "moonshot": "https://api.moonshot.cn/v1",
-}
 DEFAULT_LIST_LIMIT = 10_000
 # 100,000 files are a 17 MB listing: the defaults leave room for twice that, and keep
 # the peak RSS of a sync under 600 MB whatever a provider sends (docs/security.md).
@@ -372,24 +368,28 @@ def read_bounded(setting: str, path: Path, limit: int) -> str:
 
 
 def _env_sources(env: _Environment, interval: float) -> tuple[SourceConfig, ...]:
-    """The one-account-per-provider shortcut: `SILICONFLOW_API_KEY`, `MOONSHOT_API_KEY`."""
+    """The one-account-per-provider shortcut: `{PROVIDER}_API_KEY` (and `_BASE_URL`, ...).
+
+    Which providers exist, their default base URLs and page sizes, and whether
+    `{PROVIDER}_LIST_LIMIT` is read, come from the provider registry.
+    """
     sources = []
-    for provider in PROVIDERS:
-        prefix = provider.upper()
+    for provider in registry().values():
+        prefix = provider.env_prefix
         key = env.api_key(f"{prefix}_API_KEY")
         if key is None:
             continue
-        list_limit = DEFAULT_LIST_LIMIT
-        if provider == "siliconflow":
-            list_limit = env.integer(f"{prefix}_LIST_LIMIT", DEFAULT_LIST_LIMIT, minimum=1)
+        list_limit = provider.list_limit or DEFAULT_LIST_LIMIT
+        if provider.list_limit_setting:
+            list_limit = env.integer(f"{prefix}_LIST_LIMIT", list_limit, minimum=1)
         sources.append(
             SourceConfig(
-                name=provider,
-                provider=provider,
+                name=provider.name,
+                provider=provider.name,
                 api_key=key,
                 base_url=_base_url(
                     f"{prefix}_BASE_URL",
-                    env.get(f"{prefix}_BASE_URL") or DEFAULT_BASE_URLS[provider],
+                    env.get(f"{prefix}_BASE_URL") or provider.default_base_url,
                 ),
                 interval=interval,
                 list_limit=list_limit,
@@ -429,19 +429,23 @@ def _toml_source(
             f"{where}.name: required, lowercase letters, digits, '_', '.', '-' (got {name!r})"
         )
     where = f"{where} ({name})"
-    provider = table.get("provider")
-    if provider not in PROVIDERS:
-        raise ConfigError(f"{where}.provider: must be one of {', '.join(PROVIDERS)}")
-    base_url = table.get("base_url", DEFAULT_BASE_URLS[provider])
+    providers = registry()
+    provider_name = table.get("provider")
+    provider = providers.get(provider_name) if isinstance(provider_name, str) else None
+    if provider is None:
+        raise ConfigError(f"{where}.provider: must be one of {', '.join(providers)}")
+    base_url = table.get("base_url", provider.default_base_url)
     if not isinstance(base_url, str):
         raise ConfigError(f"{where}.base_url: must be a string")
     return SourceConfig(
         name=name,
-        provider=provider,
+        provider=provider.name,
         api_key=_toml_api_key(env, table, where),
         base_url=_base_url(f"{where}.base_url", base_url),
         interval=_toml_interval(table.get("interval"), where, interval),
-        list_limit=_toml_list_limit(table.get("list_limit"), where),
+        list_limit=_toml_list_limit(
+            table.get("list_limit"), where, provider.list_limit or DEFAULT_LIST_LIMIT
+        ),
     )
 
 
@@ -478,9 +482,9 @@ def _toml_interval(value: object, where: str, default: float) -> float:
         ) from None
 
 
-def _toml_list_limit(value: object, where: str) -> int:
+def _toml_list_limit(value: object, where: str, default: int) -> int:
     if value is None:
-        return DEFAULT_LIST_LIMIT
+        return default
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{where}.list_limit: must be a whole number >= 1")
     return value

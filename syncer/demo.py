@@ -1,8 +1,8 @@
 """`syncer demo`: the whole loop with no keys and no setup.
 
-A simulator serves one SiliconFlow and one Moonshot account on loopback; files appear,
-finish processing, fail and get deleted between rounds, and syncer syncs both after
-each round into a throwaway embedded PostgreSQL (or SYNCER_DATABASE_URL when set),
+A simulator serves one account of every provider on loopback; files appear, finish
+processing, fail and get deleted between rounds, and syncer syncs them all after each
+round into a throwaway embedded PostgreSQL (or SYNCER_DATABASE_URL when set),
 printing what the simulator did, what each sync recorded and the inventory at the end.
 """
 

@@ -7,6 +7,8 @@ inventory (DESIGN.md 5) is decided, and tested, in this module alone:
   from `missing_grace` complete listings in a row;
 - a listing that would make too many files disappear at once is `held`: everything
   else is applied, the disappearances wait;
+- a file gone at or after the expiry its provider gave it has `expired`: the
+  provider's retention, not a deletion (nor a reason to hold a listing);
 - a file whose tracked fields did not change produces no write and no event.
 """
 
@@ -19,7 +21,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from syncer.bulk import gc_paused
-from syncer.model import EventKind, ListedFile, Listing, Outcome
+from syncer.model import EventKind, ListedFile, Listing, Outcome, StatusClass
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -60,6 +62,7 @@ class StoredFile:
     created_at: datetime
     deleted_at: datetime | None = None
     missing_count: int = 0
+    expires_at: datetime | None = None
 
     @property
     def present(self) -> bool:
@@ -93,6 +96,8 @@ class PlannedEvent:
     new_status: str | None
     changed: dict[str, list[Any]] | ListedFile
     """The changed tracked fields, or for an appearance the file that appeared."""
+    status_class: StatusClass | None = None
+    """The file's class after the event; None for one that leaves (disappeared, expired)."""
 
     @property
     def changes(self) -> dict[str, list[Any]]:
@@ -140,14 +145,17 @@ def plan_sync(
     rules: SyncRules,
     *,
     allow_mass_disappear: bool = False,
+    now: datetime | None = None,
 ) -> Plan:
     """Compare a listing with the stored state of the same source and plan the writes.
 
-    `stored` is a StoredState, or simply every stored file of the source by id.
+    `stored` is a StoredState, or simply every stored file of the source by id. `now`
+    is when the listing was taken: a file gone at or after its `expires_at` has
+    expired (None: no file counts as expired).
     """
     state = stored if isinstance(stored, StoredState) else StoredState.of(stored)
     with gc_paused():  # planning 100,000 appearances creates a million objects
-        return _plan(listing, state, rules, allow_mass_disappear=allow_mass_disappear)
+        return _plan(listing, state, rules, allow_mass_disappear=allow_mass_disappear, now=now)
 
 
 def _plan(
@@ -156,6 +164,7 @@ def _plan(
     rules: SyncRules,
     *,
     allow_mass_disappear: bool,
+    now: datetime | None,
 ) -> Plan:
     upserts: list[ListedFile] = []
     missing_counts: list[tuple[str, int]] = []
@@ -191,6 +200,7 @@ def _plan(
             stored,
             rules,
             allow_mass_disappear=allow_mass_disappear,
+            now=now,
             into=(disappearances, events, missing_counts),
         )
         if held:
@@ -213,25 +223,34 @@ def _plan_missing(
     rules: SyncRules,
     *,
     allow_mass_disappear: bool,
+    now: datetime | None,
     into: tuple[list[str], list[PlannedEvent], list[tuple[str, int]]],
 ) -> int:
     """Plan what a complete listing does to present files it left out.
 
     Appends to `into` (disappearances, events, missing_counts); returns how many
-    disappearances the breaker holds back (0: none, or it did not trip).
+    disappearances the breaker holds back (0: none, or it did not trip). Expirations
+    are the provider's schedule, not a sign of a broken listing: they neither count
+    towards the breaker nor are held by it.
     """
     disappearances, events, missing_counts = into
     listed_ids = {listed.file_id for listed in listing.files}
     listed_ids.update(listing.unchanged)
     missing = [stored.files[file_id] for file_id in stored.present if file_id not in listed_ids]
     due = [f for f in missing if f.missing_count + 1 >= rules.missing_grace]
+    expired = {f.file_id for f in due if _has_expired(f, now)}
     held = 0
-    if not allow_mass_disappear and _trips_breaker(len(due), len(stored.present), rules):
-        held = len(due)
+    vanished = len(due) - len(expired)
+    # Measured against the files that were not due to expire anyway.
+    not_expiring = len(stored.present) - len(expired)
+    if not allow_mass_disappear and _trips_breaker(vanished, not_expiring, rules):
+        held = vanished
     for gone in missing:
-        if not held and gone.missing_count + 1 >= rules.missing_grace:
+        is_due = gone.missing_count + 1 >= rules.missing_grace
+        if is_due and (gone.file_id in expired or not held):
+            kind = EventKind.EXPIRED if gone.file_id in expired else EventKind.DISAPPEARED
             disappearances.append(gone.file_id)
-            events.append(PlannedEvent(gone.file_id, EventKind.DISAPPEARED, gone.status, None, {}))
+            events.append(PlannedEvent(gone.file_id, kind, gone.status, None, {}))
         else:
             # Capped, so that a run held for days does not rewrite the same rows.
             count = min(gone.missing_count + 1, rules.missing_grace)
@@ -240,9 +259,15 @@ def _plan_missing(
     return held
 
 
+def _has_expired(gone: StoredFile, now: datetime | None) -> bool:
+    return now is not None and gone.expires_at is not None and gone.expires_at <= now
+
+
 def _event_for_listed(listed: ListedFile, old: StoredFile | None) -> PlannedEvent | None:
     if old is None:
-        return PlannedEvent(listed.file_id, EventKind.APPEARED, None, listed.status, listed)
+        return PlannedEvent(
+            listed.file_id, EventKind.APPEARED, None, listed.status, listed, listed.status_class
+        )
     changes = {
         name: [_jsonable(getattr(old, name)), _jsonable(getattr(listed, name))]
         for name in TRACKED_FIELDS
@@ -256,7 +281,9 @@ def _event_for_listed(listed: ListedFile, old: StoredFile | None) -> PlannedEven
         kind = EventKind.CHANGED
     else:
         return None
-    return PlannedEvent(listed.file_id, kind, old.status, listed.status, changes)
+    return PlannedEvent(
+        listed.file_id, kind, old.status, listed.status, changes, listed.status_class
+    )
 
 
 def _snapshot(listed: ListedFile) -> dict[str, list[Any]]:

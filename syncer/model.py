@@ -6,7 +6,7 @@ stored in the database and users write SQL against them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,8 @@ class EventKind(StrEnum):
     STATUS_CHANGED = "status_changed"
     CHANGED = "changed"
     DISAPPEARED = "disappeared"
+    EXPIRED = "expired"
+    """Gone at or after its `expires_at`: the provider's retention, not a deletion."""
     REAPPEARED = "reappeared"
 
 
@@ -42,6 +44,7 @@ _STATUS_CLASSES = {
     "ready": StatusClass.READY,
     "processed": StatusClass.READY,
     "success": StatusClass.READY,
+    "active": StatusClass.READY,
     "error": StatusClass.FAILED,
     "failed": StatusClass.FAILED,
     "uploaded": StatusClass.PENDING,
@@ -51,15 +54,17 @@ _STATUS_CLASSES = {
 }
 
 
-def classify_status(status: str | None, *, provider_reports_status: bool) -> StatusClass:
+def classify_status(status: str | None, *, absent: StatusClass) -> StatusClass:
     """Map a provider's raw status string onto the four classes users alert on.
 
-    A provider that has no status field at all (SiliconFlow) only lists files it has
-    accepted, so its files are ready. A provider that does report status but left it
-    out, or sent a value we have never seen, gets `unknown`, never a guess.
+    `absent` is the class of a file listed without a status, which each provider
+    declares (providers.items.ItemFields): a provider with no status field at all only
+    lists files it has accepted (ready); one whose status is deprecated and may be
+    left out says so too; one that reports status but left it out gets `unknown`. A
+    value never seen is `unknown`, never a guess.
     """
     if status is None:
-        return StatusClass.UNKNOWN if provider_reports_status else StatusClass.READY
+        return absent
     return _STATUS_CLASSES.get(status.strip().lower(), StatusClass.UNKNOWN)
 
 
@@ -83,6 +88,8 @@ class ListedFile:
     raw: dict[str, Any]
     digest: builtins.bytes | None = None  # `bytes` is a field here
     """Of the item's exact JSON text (providers.items.item_digest); None if not known."""
+    expires_at: datetime | None = None
+    """When the provider will delete the file by itself, where it says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +110,16 @@ class Listing:
     skipped: int = 0
     problems: tuple[str, ...] = ()
     unchanged: tuple[str, ...] = ()
+    early_end: str | None = None
+    """Why the pages stopped before the provider said the listing was over, if they did."""
 
     @property
     def complete(self) -> bool:
         return not self.truncated and self.skipped == 0
+
+    def ended_early(self, reason: str) -> Listing:
+        """This listing, marked incomplete because its pages stopped early for `reason`."""
+        return replace(self, truncated=True, early_end=reason)
 
     @property
     def items_listed(self) -> int:

@@ -1,10 +1,13 @@
 """A stand-in for the providers' list-files APIs, served over real HTTP on loopback.
 
 `syncer demo`, the end-to-end tests and the benchmarks point syncer's base URLs at a
-`Simulator` instead of SiliconFlow or Moonshot. One server serves several *accounts*,
-each mounted at `/{account}/v1` with its own provider, API key and files; by default
-`siliconflow` and `moonshot`, one of each provider. Everything a test needs to script is
-a method call, and thread-safe:
+`Simulator` instead of the real providers. One server serves several *accounts*, each
+mounted at `/{account}/{api prefix}` (`/v1`, Gemini's `/v1beta`) with its own provider,
+API key and files; by default one account per provider, named after it. How each
+provider behaves (auth headers, ids, files, query, pages, error bodies, statuses,
+expiry) is its *personality*, declared in its own module (`syncer.providers.*`); this
+module knows no provider by name. Everything a test needs to script is a method call,
+and thread-safe:
 
 - state: `add_file`, `add_files`, `update_file`, `set_status`, `delete_file`, and
   `set_raw_items` to serve arbitrary (broken) items verbatim;
@@ -14,9 +17,10 @@ a method call, and thread-safe:
   `set_persistent_fault()` fails every request until cleared. A queued fault wins over
   the persistent one. Faults apply before authentication, as a failing gateway would.
 
-Listings are in the order files were added, oldest first, for both providers. So a
-SiliconFlow `limit` below the file count cuts off the newest files, and a Moonshot
-`after` cursor stays valid after its file is deleted.
+Listings are in the order files were added, oldest first, for every provider. So an
+unpaged `limit` below the file count cuts off the newest files, and an `after` cursor
+stays valid after its file is deleted. A file whose expiry (as its personality reads
+it) has passed on the simulator's clock is no longer listed: the provider deleted it.
 
 Run `python -m syncer.simulator --help` to serve one by hand.
 """
@@ -24,14 +28,13 @@ Run `python -m syncer.simulator --help` to serve one by hand.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import functools
 import json
 import random
 import re
-import secrets
 import socket
-import string
 import struct
 import sys
 import threading
@@ -44,22 +47,22 @@ from collections import deque
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Literal, Self, get_args
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from syncer.model import EventKind
+from syncer.providers.spec import PageRequest, ServedPage, SimulatedError, registry
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
-Provider = Literal["siliconflow", "moonshot"]
+    from syncer.providers.spec import Personality
+
 RetryAfter = int | str | datetime
 """Seconds, an HTTP-date, or any string to send verbatim (for testing bad values)."""
 
-_PROVIDERS: tuple[str, ...] = get_args(Provider)
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HOST = "127.0.0.1"
 _JSON = "application/json; charset=utf-8"
@@ -68,38 +71,55 @@ _TEXT = "text/plain; charset=utf-8"
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """One provider account, served at `/{name}/v1` and reached with `api_key`.
+    """One provider account, served at `/{name}/{api prefix}` and reached with `api_key`.
 
-    `page_size` (Moonshot only) switches on an OpenAI-style paginated listing: pages of
-    that many files with `has_more`, continued with `after=<last id>`. The real Moonshot
-    API returns everything at once; syncer must cope with both.
+    `page_size` caps the files per page, whatever the request asks for (a server's
+    own maximum). For a provider that takes no page size (Moonshot), it switches on
+    OpenAI-style paging, which the real API never does but syncer must cope with. A
+    provider that cannot page at all (SiliconFlow) refuses one.
     """
 
     name: str
-    provider: Provider
+    provider: str
     api_key: str
     page_size: int | None = None
 
     def __post_init__(self) -> None:
         if not _ACCOUNT_NAME.fullmatch(self.name):
             raise ValueError(f"account name {self.name!r} must be one URL path segment")
-        if self.provider not in _PROVIDERS:
-            raise ValueError(f"unknown provider {self.provider!r}; expected one of {_PROVIDERS}")
-        if self.page_size is not None and (self.provider != "moonshot" or self.page_size < 1):
-            raise ValueError("page_size must be a positive number of files, for moonshot only")
+        providers = registry()
+        if self.provider not in providers:
+            raise ValueError(
+                f"unknown provider {self.provider!r}; expected one of {', '.join(providers)}"
+            )
+        if self.page_size is not None and (
+            not providers[self.provider].personality.pages or self.page_size < 1
+        ):
+            raise ValueError(
+                f"page_size must be a positive number of files, and {self.provider} "
+                f"{'pages' if providers[self.provider].personality.pages else 'cannot page'}"
+            )
+
+    @property
+    def personality(self) -> Personality:
+        """How the simulator plays this account's provider."""
+        return registry()[self.provider].personality
 
 
-DEFAULT_ACCOUNTS = (
-    Account("siliconflow", "siliconflow", "sk-sim-siliconflow"),
-    Account("moonshot", "moonshot", "sk-sim-moonshot"),
-)
+def default_accounts() -> tuple[Account, ...]:
+    """One account per provider, named after it, with the key `sk-sim-{provider}`."""
+    return tuple(Account(name, name, f"sk-sim-{name}") for name in registry())
+
+
+DEFAULT_ACCOUNTS = default_accounts()
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
     """One change `Simulator.step` made, named by the event syncer should record for it.
 
-    `kind` is `appeared`, `status_changed` or `disappeared`.
+    `kind` is `appeared`, `status_changed` or `disappeared` (`expired` when a file
+    reaches its expiry: `Simulator.expire_due`).
     """
 
     kind: EventKind
@@ -114,6 +134,8 @@ class Change:
             what = f"{self.old_status} -> {self.new_status}"
         elif self.kind is EventKind.DISAPPEARED:
             what = "deleted"
+        elif self.kind is EventKind.EXPIRED:
+            what = "expired"
         else:
             what = "appeared" + (f" ({self.new_status})" if self.new_status else "")
         return f"{self.account}: {self.filename} [{self.file_id}] {what}"
@@ -145,17 +167,18 @@ class Fault(ABC):
     ) -> ProviderError:
         """The account's provider's own error response for `http_status`.
 
-        Moonshot's `error.type` defaults to the documented one for the status;
-        `error_type` picks another (e.g. 429 `exceeded_current_quota_error`).
+        The error type (or code) defaults to the documented one for the status;
+        `error_type` picks another (e.g. Moonshot's 429 `exceeded_current_quota_error`,
+        OpenAI's `insufficient_quota`, Anthropic's `enforced_spend_limit_reached`).
         `message` replaces the default message (or SiliconFlow's plain-text body).
         """
         return ProviderError(http_status, error_type, message, retry_after)
 
     @staticmethod
     def rate_limited(
-        retry_after: RetryAfter | None = None, *, error_type: str = "rate_limit_reached_error"
+        retry_after: RetryAfter | None = None, *, error_type: str | None = None
     ) -> ProviderError:
-        """A 429 in the provider's shape, with `Retry-After` if given."""
+        """A 429 in the provider's shape (its rate-limit type), with `Retry-After` if given."""
         return ProviderError(429, error_type, None, retry_after)
 
     @staticmethod
@@ -206,7 +229,8 @@ class Fault(ABC):
 
     @staticmethod
     def broken_paginator() -> BrokenPaginator:
-        """Moonshot: ignore `after` and always claim `has_more: true`, like a buggy proxy."""
+        """Ignore the cursor and always claim more follow (`has_more`, a next page token),
+        like a buggy proxy."""
         return BrokenPaginator()
 
 
@@ -221,8 +245,8 @@ class ProviderError(Fault):
 
     def serve(self, exchange: _Handler) -> None:
         """Send the provider's error body."""
-        provider = exchange.account.provider
-        reply = _error_reply(provider, self.http_status, self.error_type, self.message)
+        personality = exchange.account.personality
+        reply = _error_reply(personality, self.http_status, self.error_type, self.message)
         if self.retry_after is not None:
             reply = reply.with_header("Retry-After", _format_retry_after(self.retry_after))
         exchange.send(reply)
@@ -451,41 +475,6 @@ class _Reply:
         return replace(self, headers=(*self.headers, (name, value)))
 
 
-_SILICONFLOW_ERRORS: dict[int, str | dict[str, Any]] = {
-    400: {"code": 20012, "message": "Invalid request parameters.", "data": None},
-    401: "Invalid token",
-    403: "Forbidden",
-    404: "404 page not found",
-    429: {
-        "message": "Request was rejected due to rate limiting. If you want more, please "
-        "contact contact@siliconflow.cn. Details: RPM limit reached.",
-        "data": None,
-    },
-    503: {
-        "code": 50505,
-        "message": "Model service overloaded. Please try again later.",
-        "data": None,
-    },
-}
-_MOONSHOT_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_authentication_error",
-    403: "permission_denied_error",
-    404: "resource_not_found_error",
-    429: "rate_limit_reached_error",
-}
-_MOONSHOT_MESSAGES = {
-    "invalid_request_error": "Invalid request",
-    "invalid_authentication_error": "Invalid Authentication",
-    "permission_denied_error": "The API you are accessing is not open",
-    "exceeded_current_quota_error": "Your account is suspended, please check your plan "
-    "and billing details",
-    "resource_not_found_error": "Not found",
-    "rate_limit_reached_error": "Your account request reached max request: 3, please try "
-    "again after 1 seconds",
-    "engine_overloaded_error": "The engine is currently overloaded, please try again later",
-    "server_error": "Internal server error",
-}
 _HTML_PAGE = (
     b"<!DOCTYPE html>\n<html><head><title>Access denied</title></head>"
     b"<body><h1>Access denied</h1><p>Please sign in to the network to continue.</p>"
@@ -499,18 +488,21 @@ def _json_reply(status: int, payload: object) -> _Reply:
 
 
 def _error_reply(
-    provider: str, status: int, error_type: str | None = None, message: str | None = None
+    personality: Personality,
+    status: int,
+    error_type: str | None = None,
+    message: str | None = None,
 ) -> _Reply:
-    """`status` in `provider`'s own error shape (see shared/provider-apis/README.md)."""
-    if provider == "moonshot":
-        default_type = "server_error" if status >= 500 else "invalid_request_error"
-        kind = error_type or _MOONSHOT_ERROR_TYPES.get(status, default_type)
-        text = message or _MOONSHOT_MESSAGES.get(kind, HTTPStatus(status).phrase)
-        return _json_reply(status, {"error": {"type": kind, "message": text}})
-    shape = _SILICONFLOW_ERRORS.get(status, HTTPStatus(status).phrase)
-    if isinstance(shape, dict):
-        return _json_reply(status, shape if message is None else {**shape, "message": message})
-    return _Reply(status, (message or shape).encode(), _TEXT)
+    """`status` in the provider's own error shape (see shared/provider-apis/)."""
+    return _simulated_reply(personality.error(status, error_type, message))
+
+
+def _simulated_reply(error: SimulatedError) -> _Reply:
+    if isinstance(error.body, str):
+        reply = _Reply(error.status, error.body.encode(), _TEXT, error.headers)
+    else:
+        reply = replace(_json_reply(error.status, error.body), headers=error.headers)
+    return reply
 
 
 def _format_retry_after(value: RetryAfter) -> str:
@@ -519,113 +511,51 @@ def _format_retry_after(value: RetryAfter) -> str:
     return str(value)
 
 
-def _siliconflow_listing(store: _AccountStore, query: dict[str, list[str]]) -> _Reply:
-    if query.get("purpose") != ["batch"]:
-        return _error_reply("siliconflow", 400, message="purpose must be batch")
-    limit = query.get("limit", ["10"])[-1]
-    if not limit.isdigit() or int(limit) < 1:
-        return _error_reply("siliconflow", 400, message="limit must be a positive integer")
-
-    def build() -> _Reply:
-        items = store.first(int(limit))
-        body = {
-            "code": 20000,
-            "message": "Ok",
-            "status": True,
-            "data": {"data": items, "object": "file"},
-        }
-        return _json_reply(200, body)
-
-    return store.cached_reply(("first", int(limit)), build)
-
-
-def _moonshot_listing(
+def _listing(
     store: _AccountStore, query: dict[str, list[str]], *, broken_paginator: bool
 ) -> _Reply:
-    after = None if broken_paginator else query.get("after", [None])[-1]
+    """The page the query asks for, in the provider's shape (see Personality)."""
+    personality = store.account.personality
+    request = personality.read_query(query, store.account.page_size)
+    if isinstance(request, SimulatedError):
+        return _simulated_reply(request)
+    if broken_paginator:
+        request = replace(request, cursor=None)
 
     def build() -> _Reply:
         try:
-            items, has_more = store.page(after)
+            page = store.page(request, by_token=personality.cursor == "token")
         except KeyError:
-            return _error_reply("moonshot", 400, message=f"invalid cursor: {after}")
-        payload: dict[str, object] = {"object": "list", "data": items}
+            return _error_reply(personality, 400, message=f"invalid cursor: {request.cursor}")
         if broken_paginator:
-            payload["has_more"] = True
-        elif has_more is not None:
-            payload["has_more"] = has_more
-        return _json_reply(200, payload)
+            page = replace(page, has_more=True, next_cursor=page.next_cursor or "again")
+        return _json_reply(200, personality.envelope(page))
 
-    return store.cached_reply(("page", after, broken_paginator), build)
+    return store.cached_reply(("page", request, broken_paginator), build)
 
 
-def _authorized(header: str | None, api_key: str) -> bool:
-    scheme, _, token = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and secrets.compare_digest(token.encode(), api_key.encode())
+def _token(position: int) -> str:
+    """An opaque page token for the page after `position` (urlsafe base64, as Google's)."""
+    return base64.urlsafe_b64encode(f"after:{position}".encode()).decode().rstrip("=")
 
 
-# --- Realistic files ----------------------------------------------------------------
-
-# Moonshot ids look like xids: 20 characters of base32hex (e.g. clg681objj8g9m7n4je0).
-_XID_ALPHABET = string.digits + "abcdefghijklmnopqrstuv"
-_WORDS = ("report", "contract", "invoice", "notes", "slides", "paper", "summary", "季度报告")
-# purpose -> (file extensions, (min bytes, max bytes)); most files are documents.
-_MOONSHOT_PURPOSES: dict[str, tuple[tuple[str, ...], tuple[int, int]]] = {
-    "file-extract": (("pdf", "docx", "txt", "pptx", "xlsx", "md"), (2_000, 20_000_000)),
-    "image": (("png", "jpg"), (20_000, 5_000_000)),
-    "batch": (("jsonl",), (1_000, 50_000_000)),
-    "video": (("mp4",), (1_000_000, 100_000_000)),
-}
-_PURPOSES = tuple(_MOONSHOT_PURPOSES)
-_PURPOSE_CUMULATIVE_WEIGHTS = (14, 17, 19, 20)
-_MOONSHOT_FAILURES = (
-    "file type not supported",
-    "failed to extract text: the file is encrypted",
-    "file content is empty",
-    "file is corrupted and cannot be parsed",
-)
-
-
-def _siliconflow_file(rng: random.Random, file_id: str, created_at: int) -> dict[str, Any]:
-    lines = rng.randint(1, 5_000)
-    return {
-        "id": file_id,
-        "object": "file",
-        "bytes": lines * rng.randint(150, 3_000),
-        "created_at": created_at,
-        "filename": f"batch-{rng.choice(_WORDS)}-{rng.randint(1, 9999):04d}.jsonl",
-        "purpose": "batch",
-        "line_count": lines,
-    }
-
-
-def _moonshot_file(rng: random.Random, file_id: str, created_at: int) -> dict[str, Any]:
-    purpose = rng.choices(_PURPOSES, cum_weights=_PURPOSE_CUMULATIVE_WEIGHTS)[0]
-    extensions, (smallest, largest) = _MOONSHOT_PURPOSES[purpose]
-    return {
-        "id": file_id,
-        "object": "file",
-        "bytes": rng.randint(smallest, largest),
-        "created_at": created_at,
-        "filename": f"{rng.choice(_WORDS)}-{rng.randint(1, 999)}.{rng.choice(extensions)}",
-        "purpose": purpose,
-        "status": "ok",
-        "status_details": "",
-    }
-
-
-def _random_id(rng: random.Random, provider: str) -> str:
-    if provider == "siliconflow":
-        return "file-" + "".join(rng.choices(string.ascii_lowercase, k=10))
-    return "".join(rng.choices(_XID_ALPHABET, k=20))
+def _token_position(token: str) -> int | None:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    prefix, _, number = text.partition(":")
+    if prefix != "after" or not number.lstrip("-").isdigit():
+        return None
+    return int(number)
 
 
 # --- One account's state ------------------------------------------------------------
 
-# Scripted churn, per tick: this many files appear, every third tick one is deleted, and
-# every fourth Moonshot file that finishes processing fails, starting with the second. So
-# from tick 3 on every kind of change has happened, whatever the seed.
-_APPEARING = {"siliconflow": (1, 3), "moonshot": (2, 4)}
+# Scripted churn, per tick: a few files appear (as many as the personality says),
+# every third tick one is deleted, and every fourth file that finishes processing
+# fails, starting with the second. So from tick 3 on every kind of change has
+# happened, whatever the seed.
 _DELETE_EVERY = 3
 _FAIL_EVERY = 4
 
@@ -664,12 +594,11 @@ class _AccountStore:
     def add(self, fields: Mapping[str, object], created_at: int | None = None) -> str:
         with self.lock:
             file_id = self._unused_id()
-            make = _siliconflow_file if self.account.provider == "siliconflow" else _moonshot_file
-            item = make(
+            item = self.account.personality.new_file(
                 self._rng, file_id, int(self._clock()) if created_at is None else created_at
             )
             item.update(fields)
-            file_id = item["id"]
+            file_id = item[self.account.personality.id_field]
             if not isinstance(file_id, str) or file_id in self._files:
                 raise ValueError(f"{self.account.name}: id {file_id!r} is taken or not a string")
             self._files[file_id] = item
@@ -712,7 +641,7 @@ class _AccountStore:
 
     def set_page_size(self, size: int | None) -> None:
         with self.lock:
-            self.account = replace(self.account, page_size=size)
+            self.account = replace(self.account, page_size=size)  # validates it
             self._version += 1
 
     def cached_reply(self, key: Hashable, build: Callable[[], _Reply]) -> _Reply:
@@ -733,28 +662,62 @@ class _AccountStore:
 
     # Listings: lists of references to the stored (never mutated) dicts.
 
-    def first(self, limit: int) -> list[Any]:
-        """The oldest `limit` files, or all raw items."""
-        with self.lock:
-            if self._raw_items is not None:
-                return list(self._raw_items)
-            return list(islice(self._files.values(), limit))
+    def page(self, request: PageRequest, *, by_token: bool) -> ServedPage:
+        """The page `request` asks for: raw items whole, or up to `size` files from the
+        cursor on, with whether more follow (None when unpaged) and the next cursor.
 
-    def page(self, after: str | None) -> tuple[list[Any], bool | None]:
-        """The page after the `after` id and whether more follow (None: no paging).
-
-        Raises KeyError for an id this account never had.
+        Raises KeyError for a cursor this account never handed out.
         """
         with self.lock:
             if self._raw_items is not None:
-                return list(self._raw_items), None
-            size = self.account.page_size
-            if size is None:
-                return list(self._files.values()), None
+                return ServedPage(list(self._raw_items), False if request.paged else None)
+            self._expire_due()
+            if not request.paged:
+                files = self._files.values()
+                return ServedPage(
+                    list(files if request.size is None else islice(files, request.size))
+                )
             ids, positions = self._order()
-            start = 0 if after is None else bisect_right(positions, self._positions[after])
+            start = 0
+            if request.cursor is not None and by_token:
+                start = self._token_start(request.cursor, positions)
+            elif request.cursor is not None:
+                start = bisect_right(positions, self._positions[request.cursor])
+            size = len(ids) if request.size is None else request.size
             chunk = ids[start : start + size]
-            return [self._files[file_id] for file_id in chunk], start + size < len(ids)
+            more = start + size < len(ids)
+            if not more:
+                cursor = None
+            elif by_token:
+                cursor = _token(self._positions[chunk[-1]] if chunk else -1)
+            else:
+                cursor = chunk[-1] if chunk else None
+            return ServedPage([self._files[file_id] for file_id in chunk], more, cursor)
+
+    def _token_start(self, token: str, positions: list[int]) -> int:
+        position = _token_position(token)
+        if position is None:
+            raise KeyError(token)
+        return bisect_right(positions, position)
+
+    def _expire_due(self) -> list[Change]:
+        """Delete the files whose expiry has passed on the clock, as the provider would."""
+        expires_at = self.account.personality.expires_at
+        if expires_at is None:
+            return []
+        now = self._clock()
+        due = [
+            item
+            for item in self._files.values()
+            if (at := expires_at(item)) is not None and at <= now
+        ]
+        for item in due:
+            self.delete(item[self.account.personality.id_field])
+        return [self._change(EventKind.EXPIRED, item, self._status(item), None) for item in due]
+
+    def expire_due(self) -> list[Change]:
+        with self.lock:
+            return self._expire_due()
 
     # Faults.
 
@@ -773,44 +736,64 @@ class _AccountStore:
     def step(self) -> list[Change]:
         with self.lock:
             self._ticks += 1
-            changes = self._settle() if self.account.provider == "moonshot" else []
+            personality = self.account.personality
+            changes = self._settle()
             if self._ticks % _DELETE_EVERY == 0 and self._files:
                 changes.append(self._delete_one())
-            changes.extend(self._appear(self._rng.randint(*_APPEARING[self.account.provider])))
+            changes.extend(self._appear(self._rng.randint(*personality.appearing)))
             return changes
 
     def _settle(self) -> list[Change]:
-        processing = [f for f in self._files.values() if f.get("status") == "processing"]
+        personality = self.account.personality
+        if personality.statuses is None or personality.status_fields is None:
+            return []
+        pending, ready, failure = personality.statuses
+        processing = [f for f in self._files.values() if self._status(f) == pending]
         changes = []
         for item in processing:
             failed = self._settled % _FAIL_EVERY == 1
             self._settled += 1
-            status = "error" if failed else "ok"
-            details = self._rng.choice(_MOONSHOT_FAILURES) if failed else ""
-            self.update(item["id"], {"status": status, "status_details": details})
-            changes.append(self._change(EventKind.STATUS_CHANGED, item, "processing", status))
+            status = failure if failed else ready
+            details = self._rng.choice(personality.failure_details) if failed else ""
+            self.update(item[personality.id_field], personality.status_fields(status, details))
+            changes.append(self._change(EventKind.STATUS_CHANGED, item, pending, status))
         return changes
 
     def _delete_one(self) -> Change:
         victim = self.delete(self._rng.choice(list(self._files)))
-        return self._change(EventKind.DISAPPEARED, victim, victim.get("status"), None)
+        return self._change(EventKind.DISAPPEARED, victim, self._status(victim), None)
 
     def _appear(self, count: int) -> list[Change]:
-        moonshot = self.account.provider == "moonshot"
-        fields = {"status": "processing", "status_details": ""} if moonshot else {}
+        personality = self.account.personality
+        fields: dict[str, Any] = {}
+        if personality.statuses is not None and personality.status_fields is not None:
+            fields = personality.status_fields(personality.statuses[0], "")
         new = [self._files[self.add(fields)] for _ in range(count)]
-        return [self._change(EventKind.APPEARED, item, None, item.get("status")) for item in new]
+        return [self._change(EventKind.APPEARED, item, None, self._status(item)) for item in new]
+
+    def _status(self, item: Mapping[str, Any]) -> str | None:
+        field = self.account.personality.status_field
+        status = item.get(field) if field is not None else None
+        return status if isinstance(status, str) else None
 
     def _change(
         self, kind: EventKind, item: Mapping[str, Any], old: str | None, new: str | None
     ) -> Change:
-        return Change(kind, self.account.name, item["id"], item["filename"], old, new)
+        personality = self.account.personality
+        return Change(
+            kind,
+            self.account.name,
+            item[personality.id_field],
+            str(item.get(personality.filename_field, "")),
+            old,
+            new,
+        )
 
     # Helpers.
 
     def _unused_id(self) -> str:
         while True:
-            file_id = _random_id(self._rng, self.account.provider)
+            file_id = self.account.personality.new_id(self._rng)
             if file_id not in self._positions:
                 return file_id
 
@@ -881,7 +864,7 @@ class _Handler(BaseHTTPRequestHandler):
     _store: _AccountStore
     _route: str
     _query: dict[str, list[str]]
-    _traced: bool = False
+    _trace_header: str | None = None
 
     def setup(self) -> None:
         super().setup()
@@ -901,7 +884,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         name, _, self._route = url.path.lstrip("/").partition("/")
         store = self._server.stores.get(name)
-        self._traced = store is not None and store.account.provider == "siliconflow"
+        self._trace_header = store.account.personality.trace_header if store else None
         if store is None:
             self.send(_Reply(404, b"404 page not found", _TEXT))
             return
@@ -915,14 +898,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def normal_reply(self, *, broken_paginator: bool = False) -> _Reply:
         """What the provider would answer to this request."""
-        provider = self.account.provider
-        if not _authorized(self.headers.get("Authorization"), self.account.api_key):
-            return _error_reply(provider, 401)
-        if self._route != "v1/files":
-            return _error_reply(provider, 404)
-        if provider == "siliconflow":
-            return _siliconflow_listing(self._store, self._query)
-        return _moonshot_listing(self._store, self._query, broken_paginator=broken_paginator)
+        personality = self.account.personality
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        if not personality.authorized(headers, self.account.api_key):
+            return _error_reply(personality, 401)
+        if self._route != f"{personality.api_prefix}/files":
+            return _error_reply(personality, 404)
+        return _listing(self._store, self._query, broken_paginator=broken_paginator)
 
     def send(
         self,
@@ -941,8 +923,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(reply.status)
         for header, value in (("Content-Type", reply.content_type), *reply.headers):
             self.send_header(header, value)
-        if self._traced:
-            self.send_header("x-siliconcloud-trace-id", uuid.uuid4().hex)
+        if self._trace_header:
+            self.send_header(self._trace_header, uuid.uuid4().hex)
         if chunked:
             self.send_header("Transfer-Encoding", "chunked")
         else:
@@ -986,7 +968,7 @@ def _pieces(body: bytes, size: int) -> Iterator[bytes]:
 
 
 class Simulator:
-    """SiliconFlow and Moonshot list APIs on `127.0.0.1`, scriptable from Python.
+    """Every provider's list API on `127.0.0.1`, scriptable from Python.
 
     `with Simulator(seed=1) as sim:` serves until the block ends. Scripting methods
     work before `start()` too. With a `seed`, generated ids, files and churn are the
@@ -1067,11 +1049,11 @@ class Simulator:
 
     def base_url(self, account: str) -> str:
         """The base URL to configure syncer with, e.g. `http://127.0.0.1:PORT/moonshot/v1`."""
-        self._store(account)
-        return f"http://{self._host}:{self.port}/{account}/v1"
+        prefix = self._store(account).account.personality.api_prefix
+        return f"http://{self._host}:{self.port}/{account}/{prefix}"
 
     def api_key(self, account: str) -> str:
-        """The key `account` accepts as `Authorization: Bearer KEY`."""
+        """The key `account` accepts (in its provider's auth header)."""
         return self._store(account).account.api_key
 
     # Files.
@@ -1079,8 +1061,8 @@ class Simulator:
     def add_file(self, account: str, **fields: object) -> str:
         """Add one file and return its id; missing fields get realistic random values.
 
-        Given fields override the generated ones, and may be odd on purpose. Moonshot
-        files default to `status="ok"`.
+        Given fields override the generated ones, and may be odd on purpose. Files of
+        providers with a status are generated ready (Moonshot `ok`, Gemini `ACTIVE`).
         """
         return self._store(account).add(fields)
 
@@ -1093,13 +1075,14 @@ class Simulator:
         self._store(account).update(file_id, fields)
 
     def set_status(self, account: str, file_id: str, status: str, details: str = "") -> None:
-        """Set a Moonshot file's `status` and `status_details`."""
+        """Set a file's raw status and its details, in the fields its provider uses."""
         store = self._store(account)
-        if store.account.provider != "moonshot":
+        status_fields = store.account.personality.status_fields
+        if status_fields is None:
             raise ValueError(
                 f"{account} is a {store.account.provider} account: files have no status"
             )
-        store.update(file_id, {"status": status, "status_details": details})
+        store.update(file_id, status_fields(status, details))
 
     def delete_file(self, account: str, file_id: str) -> None:
         """Remove a file from the account."""
@@ -1112,14 +1095,21 @@ class Simulator:
     def set_raw_items(self, account: str, items: list[Any] | None) -> None:
         """Serve `items` verbatim as the listing's `data` (None: back to the files).
 
-        Raw items are sent whole, ignoring SiliconFlow's `limit` and Moonshot's paging:
-        they are for testing how syncer copes with bad items, not with listing sizes.
+        Raw items are sent whole on one page that says no more follow, ignoring any
+        limit or paging: they are for testing how syncer copes with bad items, not with
+        listing sizes.
         """
         self._store(account).set_raw_items(items)
 
     def set_page_size(self, account: str, size: int | None) -> None:
-        """Moonshot: serve pages of `size` files with `has_more`/`after` (None: one listing)."""
+        """Serve pages of at most `size` files (None: as many as the request asks for)."""
         self._store(account).set_page_size(size)
+
+    def expire_due(self, account: str | None = None) -> list[Change]:
+        """Delete the files whose expiry has passed on the clock, as their provider
+        does (listings do it too), and return them as `expired` changes."""
+        names = list(self._stores) if account is None else [account]
+        return [change for name in names for change in self._store(name).expire_due()]
 
     def request_count(self, account: str) -> int:
         """Requests made to `account` so far, faulty ones included."""
@@ -1132,9 +1122,9 @@ class Simulator:
     def step(self, account: str | None = None) -> list[Change]:
         """Advance the churn scenario one tick for `account`, or for every account.
 
-        New files appear (Moonshot ones `processing`); Moonshot files processing since
-        the last tick become `ok` or, one in four, `error` with `status_details`; every
-        third tick one file is deleted. Each kind happens by the third tick.
+        New files appear (pending, for providers with a status); files pending since the
+        last tick become ready or, one in four, failed with details; every third tick
+        one file is deleted. Each kind happens by the third tick.
         """
         names = list(self._stores) if account is None else [account]
         return [change for name in names for change in self._store(name).step()]

@@ -47,7 +47,7 @@ class RunResult:
     """What one sync did, as reported on the terminal and in logs.
 
     `counts` has the `sync_runs` counters of the run: files_listed, items_skipped, the
-    five event kinds and disappearances_held (empty for a failed run).
+    six event kinds and disappearances_held (empty for a failed run).
     """
 
     source: str
@@ -66,6 +66,8 @@ class RunResult:
                 f"{count('status_changed', 0)} status changed, {count('changed', 0)} changed, "
                 f"{count('disappeared', 0)} disappeared, {count('reappeared', 0)} reappeared"
             )
+        if count("expired"):
+            line += f", {count('expired')} expired"
         if count("items_skipped"):
             line += f", {count('items_skipped')} unusable items skipped"
         if count("disappearances_held"):
@@ -128,7 +130,11 @@ def sync_source(
                     history = outbox.source_history(conn, source.name)
                     stored = store.load_stored_state(conn, source.name, listing, known)
                     plan = plan_sync(
-                        listing, stored, rules, allow_mass_disappear=allow_mass_disappear
+                        listing,
+                        stored,
+                        rules,
+                        allow_mass_disappear=allow_mass_disappear,
+                        now=observed_at,
                     )
                     record = _run_record(
                         source,
@@ -160,6 +166,8 @@ def sync_source(
                 return finish(Outcome.FAILED, failed_run, error=message)
             for problem in listing.problems:
                 log.warning("source %s: skipped an unusable item: %s", source.name, problem)
+            if listing.early_end:
+                log.warning("source %s: %s", source.name, listing.early_end)
             return finish(plan.outcome, run_id, _counts(plan, listing))
     except SQLAlchemyError as error:
         raise DatabaseUnavailableError(
@@ -231,6 +239,7 @@ def _counts(plan: Plan, listing: Listing) -> dict[str, int]:
         "status_changed": plan.count(EventKind.STATUS_CHANGED),
         "changed": plan.count(EventKind.CHANGED),
         "disappeared": plan.count(EventKind.DISAPPEARED),
+        "expired": plan.count(EventKind.EXPIRED),
         "reappeared": plan.count(EventKind.REAPPEARED),
         "disappearances_held": plan.disappearances_held,
     }

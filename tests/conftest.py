@@ -20,8 +20,9 @@ from psycopg import sql
 from syncer.config import HttpPolicy, SourceConfig, SyncRules
 from syncer.db.engine import create_db_engine
 from syncer.db.migrate import upgrade_to_head
+from syncer.providers import provider_names
 from syncer.redaction import Secret
-from syncer.simulator import Simulator
+from syncer.simulator import DEFAULT_ACCOUNTS, Simulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -122,8 +123,10 @@ def make_source(name: str, provider: str, base_url: str, key: str) -> SourceConf
 
 @pytest.fixture
 def simulator():
-    """Both providers, simulated on loopback."""
-    with Simulator(seed=11) as sim:
+    """A SiliconFlow and a Moonshot account, simulated on loopback (the sources `env`
+    configures); tests of every provider build their own (tests/fakes.py)."""
+    accounts = [a for a in DEFAULT_ACCOUNTS if a.name in ("siliconflow", "moonshot")]
+    with Simulator(accounts, seed=11) as sim:
         yield sim
 
 
@@ -133,7 +136,7 @@ def env(engine, database_url, simulator, tmp_path) -> dict[str, str]:
     base = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("SYNCER_", "SILICONFLOW_", "MOONSHOT_"))
+        if not k.startswith(("SYNCER_", *(f"{name.upper()}_" for name in provider_names())))
     }
     return {
         **base,

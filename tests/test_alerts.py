@@ -159,3 +159,55 @@ def test_a_failing_source_message_quotes_the_redacted_error():
 
     assert "failed 3 syncs in a row" in message.body
     assert "Last error: HTTP 401: Invalid token" in message.body
+
+
+# --- a source stuck incomplete ----------------------------------------------------------
+
+
+def incomplete_run(history: SourceHistory):
+    plan = plan_sync(Listing(files=(), skipped=1), state(stored("a")), RULES)
+    return alerts_for_run("kimi", "moonshot", 9, plan, history, observed_at=AT)
+
+
+def test_the_third_incomplete_run_in_a_row_raises_source_incomplete_once():
+    by_streak = [incomplete_run(SourceHistory(consecutive_incomplete=n)) for n in range(5)]
+
+    assert [len(alerts) for alerts in by_streak] == [0, 0, 1, 0, 0]
+    [alert] = by_streak[2]
+    assert (alert.kind, alert.key) == (AlertKind.SOURCE_INCOMPLETE, "source_incomplete/kimi/9")
+    message = render(alert.key, alert.kind, alert.source, alert.provider, alert.payload)
+    assert "3 incomplete listings in a row" in message.body
+    assert "not being marked disappeared" in message.body
+
+
+def test_a_complete_listing_after_the_streak_recovers_the_source():
+    history = SourceHistory(consecutive_incomplete=4)
+
+    [alert] = raised([listed("a")], [stored("a")], history=history)
+
+    assert alert.kind is AlertKind.SOURCE_RECOVERED
+    message = render(alert.key, alert.kind, alert.source, alert.provider, alert.payload)
+    assert "after 4 incomplete listings in a row" in message.body
+    assert (
+        raised([listed("a")], [stored("a")], history=SourceHistory(consecutive_incomplete=2)) == []
+    )
+
+
+def test_entering_failed_uses_the_provider_s_own_classes():
+    # Gemini's FAILED after PROCESSING enters failed; its old status is read by Gemini's rules.
+    plan = plan_sync(
+        Listing(files=(listed("f", "FAILED", status_class=StatusClass.FAILED),)),
+        state(stored("f", "PROCESSING")),
+        RULES,
+    )
+    again = plan_sync(
+        Listing(files=(listed("f", "FAILED", status_class=StatusClass.FAILED, filename="x"),)),
+        state(stored("f", "FAILED")),
+        RULES,
+    )
+
+    entered = alerts_for_run("g", "gemini", 1, plan, QUIET, observed_at=AT)
+    stayed = alerts_for_run("g", "gemini", 2, again, QUIET, observed_at=AT)
+
+    assert [a.kind for a in entered] == [AlertKind.FILE_FAILED]
+    assert stayed == []

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from syncer.simulator import Fault
+from syncer.providers import provider_names
+from syncer.simulator import Fault, Simulator
 
 SECRET_KEYS = ("sk-sim-siliconflow", "sk-sim-moonshot")
 
@@ -347,8 +348,25 @@ def test_demo_runs_the_whole_loop_on_an_embedded_database(tmp_path):
         "disappeared",
         "inventory",
         "failed",
+        *(f"{name}-demo" for name in provider_names()),  # every provider takes part
     ):
         assert shown in result.stdout
+
+
+def test_check_shows_every_provider(engine, env, tmp_path):
+    with Simulator(seed=3) as every:  # one account per provider
+        for account in every.accounts:
+            prefix = account.provider.upper()
+            env[f"{prefix}_API_KEY"] = account.api_key
+            env[f"{prefix}_BASE_URL"] = every.base_url(account.name)
+            every.add_files(account.name, 2)
+
+        checked = syncer("check", env=env, cwd=tmp_path)
+
+    assert checked.returncode == 0, checked.stdout
+    assert f"settings: ok ({len(provider_names())} sources" in checked.stdout
+    for name in provider_names():
+        assert f"source {name}: ok (2 files listed)" in checked.stdout
 
 
 def test_without_a_database_url_syncer_uses_the_embedded_server(env, tmp_path):

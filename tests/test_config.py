@@ -30,7 +30,7 @@ def test_defaults_with_nothing_set():
 def test_provider_keys_define_one_source_each_with_documented_defaults():
     settings = load({"SILICONFLOW_API_KEY": KEY, "MOONSHOT_API_KEY": KEY + "m"})
 
-    siliconflow, moonshot = settings.sources
+    moonshot, siliconflow = sorted(settings.sources, key=lambda source: source.name)
     assert (siliconflow.name, siliconflow.provider) == ("siliconflow", "siliconflow")
     assert siliconflow.base_url == "https://api.siliconflow.cn/v1"
     assert siliconflow.list_limit == 10_000
@@ -165,7 +165,7 @@ def test_toml_config_defines_several_accounts_per_provider(tmp_path):
 @pytest.mark.parametrize(
     ("body", "named"),
     [
-        ('[[sources]]\nname = "x"\nprovider = "openai"\napi_key_env = "K"', "provider"),
+        ('[[sources]]\nname = "x"\nprovider = "nosuch"\napi_key_env = "K"', "provider"),
         ('[[sources]]\nname = "Bad Name"\nprovider = "moonshot"\napi_key_env = "K"', "name"),
         ('[[sources]]\nname = "x"\nprovider = "moonshot"', "api_key_env"),
         ('[[sources]]\nname = "x"\nprovider = "moonshot"\napi_key_env = "UNSET"', "UNSET"),

@@ -259,3 +259,70 @@ def test_the_same_listing_planned_twice_yields_its_events_once():
     after = state(*(stored(f.file_id, f.status) for f in first.upserts))
 
     assert plan_sync(listing, after, RULES).events == ()
+
+
+# --- expiry ---------------------------------------------------------------------------
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def test_a_file_gone_at_or_after_its_expiry_has_expired():
+    current = state(
+        stored("a"),
+        stored("due", expires_at=NOW),
+        stored("past", expires_at=datetime(2026, 2, 1, tzinfo=UTC)),
+        stored("later", expires_at=datetime(2026, 4, 1, tzinfo=UTC)),
+        stored("never"),
+    )
+
+    plan = plan_sync(Listing(files=(listed("a"),)), current, RULES, now=NOW)
+
+    assert kinds(plan) == [
+        ("due", EventKind.EXPIRED),
+        ("later", EventKind.DISAPPEARED),
+        ("never", EventKind.DISAPPEARED),
+        ("past", EventKind.EXPIRED),
+    ]
+    assert plan.disappearances == ("due", "later", "never", "past")
+    assert (plan.count(EventKind.EXPIRED), plan.count(EventKind.DISAPPEARED)) == (2, 2)
+    assert all(e.status_class is None for e in plan.events)
+
+
+def test_without_a_time_nothing_counts_as_expired():
+    plan = plan_sync(Listing(files=()), state(stored("due", expires_at=NOW)), RULES)
+
+    assert kinds(plan) == [("due", EventKind.DISAPPEARED)]
+
+
+def test_expirations_neither_trip_the_breaker_nor_wait_behind_it():
+    # Gemini deletes every file 48 h after upload: a batch uploaded at once expires at once.
+    expiring = {f"e{i}": stored(f"e{i}", expires_at=NOW) for i in range(20)}
+    vanishing = {f"v{i}": stored(f"v{i}") for i in range(12)}
+    kept = {f"k{i}": stored(f"k{i}") for i in range(4)}
+
+    calm = plan_sync(
+        Listing(files=tuple(listed(k) for k in {**kept, **vanishing})),
+        {**expiring, **vanishing, **kept},
+        RULES,
+        now=NOW,
+    )
+    tripped = plan_sync(
+        Listing(files=tuple(listed(k) for k in kept)),
+        {**expiring, **vanishing, **kept},
+        RULES,
+        now=NOW,
+    )
+
+    assert calm.outcome is Outcome.OK
+    assert calm.count(EventKind.EXPIRED) == 20
+    assert tripped.outcome is Outcome.HELD
+    assert tripped.disappearances_held == 12
+    assert set(tripped.disappearances) == set(expiring)
+
+
+def test_events_that_set_a_file_carry_its_class():
+    plan = plan_sync(
+        Listing(files=(listed("new", "error", status_class=StatusClass.FAILED),)), {}, RULES
+    )
+
+    assert [e.status_class for e in plan.events] == [StatusClass.FAILED]

@@ -26,6 +26,7 @@ from syncer.db import store
 from syncer.providers import fetch_listing, moonshot, siliconflow
 from syncer.providers.http import parse_json_checked, split_page
 from syncer.providers.items import item_digest, parse_items, parse_raw_items
+from syncer.providers.paginator import page_decoder
 from syncer.sync import sync_source
 
 KEY = "sk-digest-test-key-0123456789abcdef"
@@ -222,11 +223,12 @@ def test_an_id_listed_twice_is_decided_by_the_whole_parse(engine, account, sync)
 
 # --- The shortcut against a whole parse, on generated listings ------------------------
 
-RAW_PAGES = {"moonshot": moonshot._RAW_PAGE, "siliconflow": siliconflow._RAW_PAGE}
+RAW_PAGES = {"moonshot": page_decoder(moonshot.PAGES), "siliconflow": siliconflow._RAW_PAGE}
+ITEMS = {"moonshot": moonshot.ITEMS, "siliconflow": siliconflow.ITEMS}
 
 
 def raw_items(provider: str, page: Any) -> Any:
-    return page.data if provider == "moonshot" else page.data.data
+    return page.items if provider == "moonshot" else page.data.data
 
 
 def whole_items(provider: str, document: Any) -> Any:
@@ -246,17 +248,14 @@ def generated_items(draw: st.DrawFn, provider: str) -> list[Any]:
 def test_parsing_item_by_item_gives_what_the_whole_parse_gives(provider, data):
     text = body(provider, data.draw(generated_items(provider)))
     document, storable = parse_json_checked(text)
-    reports_status = provider == "moonshot"
-    expected = parse_items(
-        whole_items(provider, document), reports_status=reports_status, storable=storable
-    )
+    expected = parse_items(whole_items(provider, document), ITEMS[provider], storable=storable)
     page = split_page(text, RAW_PAGES[provider])
     if page is None:  # left to the whole parse: msgspec refuses lone surrogates
         assert b"\\ud" in text.lower()
         return
     items = raw_items(provider, page)
 
-    fast = parse_raw_items(items, known={}, reports_status=reports_status)
+    fast = parse_raw_items(items, known={}, fields=ITEMS[provider])
 
     ids = [f.file_id for f in expected.files]
     if fast is None:  # left to the whole parse: only for an id listed more than once
@@ -272,7 +271,7 @@ def test_parsing_item_by_item_gives_what_the_whole_parse_gives(provider, data):
     )
     # The same items again, each known by its digest: none is parsed.
     known = {f.digest: f.file_id for f in fast.files if f.digest is not None}
-    again = parse_raw_items(items, known=known, reports_status=reports_status)
+    again = parse_raw_items(items, known=known, fields=ITEMS[provider])
     assert again is not None
     assert (again.files, sorted(again.unchanged)) == (
         tuple(f for f in fast.files if f.digest not in known),
@@ -292,4 +291,4 @@ def test_parsing_item_by_item_gives_what_the_whole_parse_gives(provider, data):
     ],
 )
 def test_a_body_off_the_documented_shape_is_left_to_the_whole_parse(text):
-    assert split_page(text, moonshot._RAW_PAGE) is None
+    assert split_page(text, page_decoder(moonshot.PAGES)) is None

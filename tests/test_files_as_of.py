@@ -9,6 +9,7 @@ listings themselves.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncer.config import SourceConfig
-from syncer.model import classify_status
+from syncer.providers import get_provider, provider_names
 from syncer.redaction import Secret
 from syncer.simulator import Account, Fault, Simulator
 from syncer.sync import sync_source
@@ -102,7 +103,7 @@ def replay(events: list[sa.Row[Any]], at: datetime) -> list[tuple[Any, ...]]:
         if event.occurred_at > at:
             break
         key = (event.source, event.file_id)
-        if event.kind == "disappeared":
+        if event.kind in ("disappeared", "expired"):
             del present[key]
             continue
         first_seen = fields[key]["first_seen_at"] if key in fields else event.occurred_at
@@ -114,9 +115,7 @@ def replay(events: list[sa.Row[Any]], at: datetime) -> list[tuple[Any, ...]]:
             "source": event.source,
             "file_id": event.file_id,
             "provider": event.provider,
-            "status_class": classify_status(
-                state["status"], provider_reports_status=event.provider == "moonshot"
-            ).value,
+            "status_class": get_provider(event.provider).items.classify(state["status"]).value,
             "created_at": datetime.fromisoformat(state["created_at"]),
         }
     return [tuple(present[key][c] for c in COLUMNS) for key in sorted(present)]
@@ -201,22 +200,58 @@ status = (
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(pairs=st.lists(st.tuples(st.sampled_from(["moonshot", "siliconflow"]), status), max_size=40))
-def test_syncer_status_class_matches_the_python_classification(engine, pairs):
-    providers = [provider for provider, _ in pairs]
-    statuses = [value for _, value in pairs]
-    with engine.connect() as conn:
-        in_sql = conn.execute(
+@given(pairs=st.lists(st.tuples(st.sampled_from(provider_names()), status), max_size=40))
+def test_file_history_shows_the_class_each_provider_gives_its_status(engine, pairs):
+    # Events carry the class their provider's module gave the status when written;
+    # file_history reads it, whatever the status says to any other provider.
+    with engine.begin() as conn:
+        run_id = conn.execute(
             sa.text(
-                "SELECT syncer_status_class(p, s)"
-                " FROM unnest(CAST(:providers AS text[]), CAST(:statuses AS text[]))"
-                " WITH ORDINALITY AS u(p, s, n) ORDER BY n"
-            ),
-            {"providers": providers, "statuses": statuses},
-        ).scalars()
-        classes = list(in_sql)
+                "INSERT INTO sync_runs (source, provider, started_at, outcome)"
+                " VALUES ('prop', 'prop', now(), 'ok') RETURNING id"
+            )
+        ).scalar_one()
+        for n, (provider, value) in enumerate(pairs):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO file_events (sync_run_id, occurred_at, source, provider,"
+                    " file_id, kind, new_status, changes, new_status_class)"
+                    " VALUES (:run, now(), 'prop-' || :provider, :provider, :id, 'appeared',"
+                    " :status, CAST(:changes AS jsonb), :class)"
+                ),
+                {
+                    "run": run_id,
+                    "provider": provider,
+                    "id": f"f{n}",
+                    "status": value,
+                    "changes": json.dumps({"status": [None, value]}),
+                    "class": get_provider(provider).items.classify(value).value,
+                },
+            )
+        shown = conn.execute(
+            sa.text(
+                "SELECT provider, status, status_class FROM file_history"
+                " WHERE source LIKE 'prop-%' ORDER BY event_id"
+            )
+        ).all()
+        conn.rollback()
 
-    assert classes == [
-        classify_status(value, provider_reports_status=provider == "moonshot").value
+    assert [tuple(row) for row in shown] == [
+        (provider, value, get_provider(provider).items.classify(value).value)
         for provider, value in pairs
     ]
+
+
+def test_no_sql_function_or_view_names_a_provider(engine):
+    with engine.connect() as conn:
+        bodies = conn.execute(
+            sa.text(
+                "SELECT definition FROM pg_views WHERE schemaname = 'public'"
+                " UNION ALL SELECT prosrc FROM pg_proc"
+                " WHERE pronamespace = 'public'::regnamespace"
+            )
+        ).scalars()
+        text = "\n".join(bodies).lower()
+
+    for name in provider_names():
+        assert f"'{name}'" not in text

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from syncer.config import HttpPolicy, SyncRules
 from syncer.diff import StoredFile, plan_sync
 from syncer.model import Listing, Outcome
+from syncer.providers import get_provider
 from syncer.providers.http import parse_json
 from syncer.providers.items import parse_items
 from syncer.sync import sync_source
@@ -194,7 +195,7 @@ def check_sync(source: Source) -> None:
     """Sync what `source` serves, then again, and check everything the module promises."""
     before = source.present()
     parsed = parse_items(
-        listed_items(source.provider, source.body), reports_status=source.provider == "moonshot"
+        listed_items(source.provider, source.body), get_provider(source.provider).items
     )
     result = source.sync()
 
@@ -292,7 +293,7 @@ def test_a_huge_integer_beside_an_infinite_number_is_not_fatal(engine):
 def test_parse_and_plan_take_anything(provider, items, stored_ids):
     """Faster and wider, without a database: the pure parse -> diff steps."""
     raw = listed_items(provider, body(provider, items))
-    parsed = parse_items(raw, reports_status=provider == "moonshot")
+    parsed = parse_items(raw, get_provider(provider).items)
 
     assert len(parsed.files) + parsed.skipped == len(raw)
     assert len({f.file_id for f in parsed.files}) == len(parsed.files)

@@ -67,3 +67,64 @@ def test_upgrade_twice_is_a_no_op(databases):
     second = alembic("upgrade", "head", url=url)
     assert second.returncode == 0
     assert "Running upgrade" not in second.stderr
+
+
+def test_0005_gives_old_events_their_class_and_its_downgrade_keeps_expirations(databases):
+    url = databases.create()
+    assert alembic("upgrade", "0004", url=url).returncode == 0
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            run = conn.execute(
+                sa.text(
+                    "INSERT INTO sync_runs (source, provider, started_at, outcome)"
+                    " VALUES ('s', 'siliconflow', now(), 'ok') RETURNING id"
+                )
+            ).scalar_one()
+            for provider, file_id, kind, status in [
+                ("siliconflow", "f1", "appeared", None),
+                ("moonshot", "m1", "appeared", "processing"),
+                ("moonshot", "m1", "status_changed", "error"),
+                ("moonshot", "m1", "disappeared", None),
+            ]:
+                changes = '{"status": [null, "%s"]}' % status if status else "{}"  # noqa: UP031
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO file_events (sync_run_id, occurred_at, source, provider,"
+                        " file_id, kind, new_status, changes)"
+                        " VALUES (:run, now(), :provider, :provider, :id, :kind, :status,"
+                        " CAST(:changes AS jsonb))"
+                    ),
+                    {
+                        "run": run,
+                        "provider": provider,
+                        "id": file_id,
+                        "kind": kind,
+                        "status": status,
+                        "changes": changes,
+                    },
+                )
+        assert alembic("upgrade", "0005", url=url).returncode == 0
+        with engine.begin() as conn:
+            classes = conn.execute(
+                sa.text("SELECT file_id, kind, new_status_class FROM file_events ORDER BY id")
+            ).all()
+            conn.execute(
+                sa.text("UPDATE file_events SET kind = 'expired' WHERE kind = 'disappeared'")
+            )
+        downgraded = alembic("downgrade", "0004", url=url)
+        with engine.connect() as conn:
+            kinds = (
+                conn.execute(sa.text("SELECT kind FROM file_events ORDER BY id")).scalars().all()
+            )
+    finally:
+        engine.dispose()
+
+    assert [tuple(row) for row in classes] == [
+        ("f1", "appeared", "ready"),  # SiliconFlow has no status: ready
+        ("m1", "appeared", "pending"),
+        ("m1", "status_changed", "failed"),
+        ("m1", "disappeared", None),
+    ]
+    assert downgraded.returncode == 0, downgraded.stderr
+    assert kinds == ["appeared", "appeared", "status_changed", "disappeared"]

@@ -19,9 +19,10 @@ import stamina
 from syncer.config import HttpPolicy, SourceConfig
 from syncer.errors import FatalProviderError, ProviderError, RetryableProviderError
 from syncer.model import StatusClass
-from syncer.providers import fetch_listing
+from syncer.providers import fetch_listing, moonshot
 from syncer.providers.http import parse_retry_after
 from syncer.providers.items import MAX_PROBLEMS, parse_items
+from syncer.providers.paginator import MAX_PAGES
 from syncer.redaction import Secret
 
 KEY = "sk-test-7d2a9b3f5c1e0ffee4a8"
@@ -268,35 +269,43 @@ def test_moonshot_follows_has_more_after_the_last_id():
     assert [dict(r.url.params) for r in fake.requests] == [{}, {"after": "b"}]
 
 
-def test_moonshot_page_that_repeats_is_fatal_not_an_endless_loop():
+def test_moonshot_page_that_repeats_ends_the_listing_early_and_incomplete():
     # A proxy that ignores `after` serves the first page again and again.
     fake = FakeProvider(reply(body=ms_body(ms_item("a"), ms_item("b"), has_more=True)))
 
-    with pytest.raises(FatalProviderError, match="pagination repeated page 2"):
-        fake.fetch("moonshot")
+    listing = fake.fetch("moonshot")
 
     assert len(fake.requests) == 2
+    assert [f.file_id for f in listing.files] == ["a", "b"]
+    assert not listing.complete
+    assert "page 2 repeats an earlier page" in (listing.early_end or "")
 
 
-def test_moonshot_has_more_without_items_is_fatal():
-    fake = FakeProvider(reply(body=ms_body(has_more=True)))
+def test_moonshot_has_more_without_items_keeps_what_was_seen_and_is_incomplete():
+    fake = FakeProvider(
+        reply(body=ms_body(ms_item("a"), has_more=True)), reply(body=ms_body(has_more=True))
+    )
 
-    with pytest.raises(FatalProviderError, match="has_more is true but it lists no items"):
-        fake.fetch("moonshot")
+    listing = fake.fetch("moonshot")
 
-    assert len(fake.requests) == 1
+    assert len(fake.requests) == 2
+    assert [f.file_id for f in listing.files] == ["a"]
+    assert not listing.complete
+    assert "page 2 says more follow but lists no items" in (listing.early_end or "")
 
 
-def test_moonshot_pagination_stops_after_200_pages():
+def test_moonshot_pagination_stops_at_the_page_cap_incomplete():
     ids = itertools.count()
     fake = FakeProvider(
         lambda _: httpx.Response(200, json=ms_body(ms_item(f"id-{next(ids)}"), has_more=True))
     )
 
-    with pytest.raises(FatalProviderError, match="did not end within 200 pages"):
-        fake.fetch("moonshot")
+    listing = fake.fetch("moonshot")
 
-    assert len(fake.requests) == 200
+    assert len(fake.requests) == MAX_PAGES
+    assert len(listing.files) == MAX_PAGES
+    assert not listing.complete
+    assert f"did not end within {MAX_PAGES} pages" in (listing.early_end or "")
 
 
 def test_moonshot_has_more_that_is_not_a_boolean_is_fatal():
@@ -800,8 +809,8 @@ def test_key_that_cannot_be_sent_is_fatal_without_showing_it():
 
 
 def test_unknown_provider_is_fatal():
-    with pytest.raises(FatalProviderError, match="unknown provider 'openai'"):
-        FakeProvider(MS_OK).fetch("openai")
+    with pytest.raises(FatalProviderError, match="unknown provider 'nosuch'"):
+        FakeProvider(MS_OK).fetch("nosuch")
 
 
 # --- item validation -----------------------------------------------------------------
@@ -850,7 +859,7 @@ BAD_ITEMS = [
 
 @pytest.mark.parametrize(("bad", "problem"), BAD_ITEMS)
 def test_unusable_item_is_skipped_counted_and_described(bad, problem):
-    parsed = parse_items([GOOD, bad], reports_status=True)
+    parsed = parse_items([GOOD, bad], fields=moonshot.ITEMS)
 
     assert [f.file_id for f in parsed.files] == ["good"]
     assert parsed.skipped == 1
@@ -861,7 +870,7 @@ def test_unusable_item_is_skipped_counted_and_described(bad, problem):
 
 def test_problem_descriptions_stay_short_and_printable():
     huge = "\x00" + "y" * 100_000
-    parsed = parse_items([ms_item(huge), ms_item("z", bytes="9" * 1000)], reports_status=True)
+    parsed = parse_items([ms_item(huge), ms_item("z", bytes="9" * 1000)], fields=moonshot.ITEMS)
 
     assert parsed.skipped == 2
     assert all(len(p) < 200 and p.isprintable() for p in parsed.problems)
@@ -897,7 +906,7 @@ ODD_BUT_USABLE = [
 
 @pytest.mark.parametrize("item", ODD_BUT_USABLE)
 def test_odd_but_storable_item_is_kept_as_listed(item):
-    parsed = parse_items([item], reports_status=True)
+    parsed = parse_items([item], fields=moonshot.ITEMS)
 
     assert parsed.skipped == 0
     (file,) = parsed.files
@@ -907,7 +916,7 @@ def test_odd_but_storable_item_is_kept_as_listed(item):
 
 def test_identical_duplicates_keep_one_copy_and_count_the_rest():
     parsed = parse_items(
-        [ms_item("a"), ms_item("b"), ms_item("a"), ms_item("a")], reports_status=True
+        [ms_item("a"), ms_item("b"), ms_item("a"), ms_item("a")], fields=moonshot.ITEMS
     )
 
     assert [f.file_id for f in parsed.files] == ["a", "b"]
@@ -918,7 +927,7 @@ def test_identical_duplicates_keep_one_copy_and_count_the_rest():
 def test_conflicting_duplicates_skip_every_copy():
     parsed = parse_items(
         [ms_item("a", status="ok"), ms_item("b"), ms_item("a", status="error")],
-        reports_status=True,
+        fields=moonshot.ITEMS,
     )
 
     assert [f.file_id for f in parsed.files] == ["b"]
@@ -927,7 +936,7 @@ def test_conflicting_duplicates_skip_every_copy():
 
 
 def test_problems_are_capped_with_a_tally():
-    parsed = parse_items([ms_item(f"f{i}", bytes=None) for i in range(50)], reports_status=True)
+    parsed = parse_items([ms_item(f"f{i}", bytes=None) for i in range(50)], fields=moonshot.ITEMS)
 
     assert parsed.skipped == 50
     assert len(parsed.problems) == MAX_PROBLEMS + 1
@@ -941,7 +950,7 @@ def test_timestamps_in_milliseconds_and_microseconds_are_detected():
             ms_item("ms", created_at=CREATED * 1000),
             ms_item("us", created_at=CREATED * 1_000_000),
         ],
-        reports_status=True,
+        fields=moonshot.ITEMS,
     )
 
     assert {f.created_at for f in parsed.files} == {CREATED_AT}

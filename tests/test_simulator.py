@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from syncer.model import EventKind
-from syncer.simulator import Account, Fault, Simulator
+from syncer.simulator import DEFAULT_ACCOUNTS, Account, Fault, Simulator
 
 SILICONFLOW_KEYS = {"id", "object", "bytes", "created_at", "filename", "purpose", "line_count"}
 MOONSHOT_KEYS = {
@@ -687,7 +687,8 @@ def test_command_line_serves_and_stops_on_ctrl_c():
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
         assert process.stdout is not None
-        settings = dict(process.stdout.readline().strip().split("=", 1) for _ in range(4))
+        lines = 2 * len(DEFAULT_ACCOUNTS)  # a base URL and a key per account
+        settings = dict(process.stdout.readline().strip().split("=", 1) for _ in range(lines))
         response = httpx.get(
             f"{settings['MOONSHOT_BASE_URL']}/files",
             headers={"Authorization": f"Bearer {settings['MOONSHOT_API_KEY']}"},
@@ -698,6 +699,6 @@ def test_command_line_serves_and_stops_on_ctrl_c():
 
     assert settings["SILICONFLOW_API_KEY"] == "sk-sim-siliconflow"
     assert len(response.json()["data"]) == 3
-    assert narration.startswith(("siliconflow: ", "moonshot: "))
+    assert narration.startswith(tuple(f"{account.name}: " for account in DEFAULT_ACCOUNTS))
     assert out.endswith("stopped\n")
     assert (process.returncode, err) == (0, "")

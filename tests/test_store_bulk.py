@@ -16,11 +16,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import make_source
+from fakes import ScriptedMoonshot
 
 from syncer.bulk import gc_paused
 from syncer.db import store
 from syncer.diff import TRACKED_FIELDS, StoredFile, _snapshot
 from syncer.model import ListedFile, Outcome, StatusClass
+from syncer.providers import moonshot
 from syncer.providers.http import parse_json, parse_json_checked
 from syncer.providers.items import parse_items
 from syncer.simulator import Account, Simulator
@@ -44,21 +46,11 @@ def item(number: int, status: str = "ok", **fields: Any) -> dict[str, Any]:
     }
 
 
-class Listing:
-    """A Moonshot list endpoint serving `items`, in that order."""
-
-    def __init__(self, count: int) -> None:
-        self.items = {f"f{n:06d}": item(n) for n in range(count)}
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        assert request.headers["Authorization"] == f"Bearer {KEY}"
-        body = {"object": "list", "data": list(self.items.values())}
-        return httpx.Response(200, content=json.dumps(body))
-
-
 @pytest.fixture
 def listing():
-    return Listing(FILES)
+    scripted = ScriptedMoonshot(KEY)
+    scripted.items = {f"f{n:06d}": item(n) for n in range(FILES)}
+    return scripted
 
 
 @pytest.fixture
@@ -294,7 +286,7 @@ def test_the_simulator_serves_a_changed_account_afresh():
 def test_a_parsed_item_fills_every_field_of_its_listed_file():
     raw = item(5, status="Processing", status_details="queued", line_count=7)
 
-    parsed = parse_items([raw], reports_status=True, storable=True)
+    parsed = parse_items([raw], moonshot.ITEMS, storable=True)
 
     assert parsed.files == (
         ListedFile(

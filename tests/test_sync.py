@@ -6,7 +6,6 @@ httpx.MockTransport; the end-to-end tests run the same against the simulator.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import replace
 from typing import Any
@@ -15,6 +14,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import make_source
+from fakes import ScriptedMoonshot
 
 from syncer.errors import SourceBusyError
 from syncer.model import Outcome
@@ -23,41 +23,9 @@ from syncer.sync import sync_source
 KEY = "sk-sync-test-key-0123456789abcdef"
 
 
-class FakeMoonshot:
-    """A Moonshot list endpoint with a scripted inventory."""
-
-    def __init__(self) -> None:
-        self.items: dict[str, dict[str, Any]] = {}
-        self.raw_items: list[Any] | None = None
-        self.fail_with: int | None = None
-
-    def add(self, file_id: str, status: str = "ok", **fields: Any) -> None:
-        self.items[file_id] = {
-            "id": file_id,
-            "object": "file",
-            "bytes": 1000,
-            "created_at": 1_760_000_000,
-            "filename": f"{file_id}.pdf",
-            "purpose": "file-extract",
-            "status": status,
-            "status_details": "",
-            **fields,
-        }
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        if request.headers.get("Authorization") != f"Bearer {KEY}":
-            body = {"error": {"type": "invalid_authentication_error", "message": "no"}}
-            return httpx.Response(401, json=body)
-        if self.fail_with is not None:
-            body = {"error": {"type": "server_error", "message": "down"}}
-            return httpx.Response(self.fail_with, json=body)
-        items = self.raw_items if self.raw_items is not None else list(self.items.values())
-        return httpx.Response(200, content=json.dumps({"object": "list", "data": items}))
-
-
 @pytest.fixture
 def fake():
-    return FakeMoonshot()
+    return ScriptedMoonshot(KEY)
 
 
 @pytest.fixture

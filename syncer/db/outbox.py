@@ -53,7 +53,8 @@ _COLUMNS = [alerts.c[name] for name in StoredAlert.__dataclass_fields__]
 
 
 def source_history(conn: sa.Connection, source: str) -> SourceHistory:
-    """The source's failure streak and last complete outcome, before the current run."""
+    """The source's failure and incomplete streaks and last complete outcome, before the
+    current run."""
     last_not_failed = (
         sa.select(sa.func.max(sync_runs.c.id))
         .where(sync_runs.c.source == source, sync_runs.c.outcome != Outcome.FAILED.value)
@@ -73,9 +74,27 @@ def source_history(conn: sa.Connection, source: str) -> SourceHistory:
         .order_by(sync_runs.c.id.desc())
         .limit(1)
     )
-    row = conn.execute(sa.select(failures.scalar_subquery(), last_complete.scalar_subquery())).one()
+    last_not_incomplete = (
+        sa.select(sa.func.max(sync_runs.c.id))
+        .where(sync_runs.c.source == source, sync_runs.c.outcome != Outcome.INCOMPLETE.value)
+        .scalar_subquery()
+    )
+    incomplete = sa.select(sa.func.count()).where(
+        sync_runs.c.source == source,
+        sync_runs.c.outcome == Outcome.INCOMPLETE.value,
+        sync_runs.c.id > sa.func.coalesce(last_not_incomplete, 0),
+    )
+    row = conn.execute(
+        sa.select(
+            failures.scalar_subquery(),
+            last_complete.scalar_subquery(),
+            incomplete.scalar_subquery(),
+        )
+    ).one()
     return SourceHistory(
-        consecutive_failures=row[0], last_complete_outcome=Outcome(row[1]) if row[1] else None
+        consecutive_failures=row[0],
+        last_complete_outcome=Outcome(row[1]) if row[1] else None,
+        consecutive_incomplete=row[2],
     )
 
 

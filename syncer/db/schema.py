@@ -66,6 +66,7 @@ sync_runs = Table(
     _counter("status_changed"),
     _counter("changed"),
     _counter("disappeared"),
+    _counter("expired"),
     _counter("reappeared"),
     # Not in the original contract: how many listed items were unusable, and how
     # many disappearances the mass-disappearance breaker held back.
@@ -101,6 +102,9 @@ files = Table(
     # Internal: digest of the item's JSON text when the row was last written
     # (providers.items.item_digest); an item listed with the same one is unchanged.
     Column("listed_digest", LargeBinary, nullable=True),
+    # When the provider deletes the file by itself (OpenAI's expires_at, Gemini's
+    # expirationTime); a file gone at or after it has `expired`, not `disappeared`.
+    _timestamp("expires_at", nullable=True),
     PrimaryKeyConstraint("source", "file_id"),
     CheckConstraint(_one_of("status_class", [c.value for c in StatusClass]), name="status_class"),
     # Reports ask about present files by class (failed_files); gone files never match.
@@ -125,6 +129,10 @@ file_events = Table(
     Column("old_status", Text, nullable=True),
     Column("new_status", Text, nullable=True),
     Column("changes", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # The file's status class after the event, as its provider classifies the status
+    # (null for an event that ends the file's presence): file_history reads it, so no
+    # SQL needs to know any provider's rules.
+    Column("new_status_class", Text, nullable=True),
     CheckConstraint(_one_of("kind", [k.value for k in EventKind]), name="kind"),
     Index(None, "source", "file_id", "id"),
     Index(None, "occurred_at"),

@@ -89,6 +89,7 @@ _FILE_COLUMNS: Final = tuple(
         "raw",
         "missing_count",
         "listed_digest",
+        "expires_at",
     )
 )
 _EVENT_COLUMNS: Final = tuple(
@@ -103,6 +104,7 @@ _EVENT_COLUMNS: Final = tuple(
         "old_status",
         "new_status",
         "changes",
+        "new_status_class",
     )
 )
 # The binary COPY format carries no type names: each column's must be given.
@@ -307,6 +309,7 @@ def apply_plan(conn: sa.Connection, plan: Plan, run: RunRecord, *, observed_at: 
                         event.old_status,
                         event.new_status,
                         _jsonb(event.changes),
+                        event.status_class,
                     )
                     for event in plan.events
                 ),
@@ -372,6 +375,7 @@ def _file_rows(
             _jsonb(file.raw),
             0,  # missing_count
             file.digest,
+            file.expires_at,
         )
 
 

@@ -2,42 +2,31 @@
 
     fetch_listing(source, policy) -> Listing
 
-One module per provider knows its endpoint, body shape and error bodies; `http`
-holds the policy they share (time limits, retries, error messages that never show
-the key); `items` validates and normalizes the listed items without any I/O.
+Each provider is one module of this package that declares a `PROVIDER` (spec.Provider:
+endpoint, auth, pages, item fields, error taxonomy, limits, simulator personality);
+`spec.registry()` finds them, and nothing outside a provider's module names it.
+`http` holds the policy they share (time limits, retries, error messages that never
+show the key); `paginator` walks cursor-style listings; `items` validates and
+normalizes the listed items without any I/O.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from syncer.providers import moonshot, siliconflow
 from syncer.providers.http import ProviderClient, call_with_retries, fatal, open_client
+from syncer.providers.spec import Provider, get_provider, provider_names, registry
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     import httpx
 
     from syncer.config import HttpPolicy, SourceConfig
     from syncer.model import Listing
-    from syncer.providers.http import Dialect
 
-__all__ = ["fetch_listing"]
-
-
-@dataclass(frozen=True, slots=True)
-class _Adapter:
-    dialect: Dialect
-    list_files: Callable[[ProviderClient, SourceConfig], Listing]
-
-
-_ADAPTERS: Final = {
-    "siliconflow": _Adapter(siliconflow.DIALECT, siliconflow.list_files),
-    "moonshot": _Adapter(moonshot.DIALECT, moonshot.list_files),
-}
+__all__ = ["Provider", "fetch_listing", "get_provider", "provider_names", "registry"]
 
 
 def fetch_listing(
@@ -59,22 +48,22 @@ def fetch_listing(
     The whole fetch ends within `policy.retry_budget` plus one `request_deadline`,
     whatever the provider does.
     """
-    adapter = _ADAPTERS.get(source.provider)
-    if adapter is None:
+    provider = registry().get(source.provider)
+    if provider is None:
         raise fatal(source.name, f"unknown provider {source.provider!r}")
     deadline = time.monotonic() + policy.retry_budget + policy.request_deadline
-    with open_client(source, policy, transport) as client:
+    with open_client(source, policy, transport, auth=provider.dialect.auth) as client:
         api = ProviderClient(
             client,
             source_name=source.name,
             policy=policy,
-            dialect=adapter.dialect,
+            dialect=provider.dialect,
             known=known,
             deadline=deadline,
         )
 
         def attempt() -> Listing:
             api.start_listing()  # each attempt's listing is counted against the caps anew
-            return adapter.list_files(api, source)
+            return provider.list_files(api, source)
 
         return call_with_retries(attempt, policy)

@@ -88,14 +88,28 @@ class ErrorReport:
     """The provider's explanation; quoted (redacted and shortened) in the error."""
     retryable: bool | None = None
     """The provider's verdict; None lets the HTTP status decide (429 and 5xx retry)."""
+    retry_after: float | None = None
+    """Seconds the body asks to wait (Gemini's RetryInfo); a Retry-After header wins."""
+
+
+def bearer(api_key: str) -> dict[str, str]:
+    """`Authorization: Bearer KEY`, the OpenAI convention most providers follow."""
+    return {"Authorization": f"Bearer {api_key}"}
 
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
-    """The parts of a provider's HTTP behaviour that differ from one provider to another."""
+    """The parts of a provider's HTTP behaviour that differ from one provider to another.
+
+    Its error taxonomy lives in `read_error`: a verdict of retryable (rate limits,
+    overload), fatal (authentication, permissions, quota or billing exhausted), or
+    none, which leaves it to the HTTP status.
+    """
 
     read_error: Callable[[bytes], ErrorReport]
     trace_header: str | None = None
+    auth: Callable[[str], dict[str, str]] = bearer
+    """The headers that carry the API key (and any the provider requires with it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,22 +260,23 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def open_client(
-    source: SourceConfig, policy: HttpPolicy, transport: httpx.BaseTransport | None
+    source: SourceConfig,
+    policy: HttpPolicy,
+    transport: httpx.BaseTransport | None,
+    *,
+    auth: Callable[[str], dict[str, str]] = bearer,
 ) -> httpx.Client:
-    """An httpx client for one source: its key, syncer's time limits, no redirects.
+    """An httpx client for one source: its key (as `auth` sends it), time limits, no redirects.
 
-    Redirects are not followed because they would carry the Authorization header to
-    wherever the server points. Without a `transport`, the network is reached through
+    Redirects are not followed because they would carry the key's header to wherever
+    the server points. Without a `transport`, the network is reached through
     `_DeadlineBackend`, which holds every request to its deadline.
     """
     # No single operation may wait longer than a whole request may take.
     within = policy.request_deadline
     try:
         return httpx.Client(
-            headers={
-                "Authorization": f"Bearer {source.api_key.reveal()}",
-                "User-Agent": _user_agent(),
-            },
+            headers={**auth(source.api_key.reveal()), "User-Agent": _user_agent()},
             timeout=httpx.Timeout(
                 connect=min(policy.connect_timeout, within),
                 read=min(policy.read_timeout, within),
@@ -504,6 +519,8 @@ class ProviderClient:
         if not should_retry:
             return fatal(self._source_name, text)
         retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if retry_after is None:
+            retry_after = report.retry_after
         return retryable(self._source_name, text, retry_after=retry_after)
 
     def _network_error(self, exc: httpx.HTTPError, where: str, deadline: float) -> ProviderError:

@@ -11,8 +11,9 @@ import functools
 import hashlib
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from syncer.bulk import gc_paused
 from syncer.model import ListedFile, Listing, StatusClass, classify_status
@@ -38,6 +39,9 @@ _MICROSECONDS_FROM: Final = 1e14
 # PostgreSQL text and jsonb cannot store NUL, and UTF-8 cannot encode lone surrogates.
 _UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 _PREVIEW_CHARS: Final = 40
+_MAX_INT64_DIGITS: Final = 20  # with a sign
+# Python reads at most microseconds; Google's times may carry nanoseconds.
+_EXCESS_FRACTION: Final = re.compile(r"(\.\d{6})\d+")
 # Every digest is salted with the version of the rules that turn an item into a row:
 # a release that changes them (a field, a unit, a class) bumps it, so that every stored
 # file is parsed and compared afresh instead of being taken as unchanged. (Until a file
@@ -50,6 +54,40 @@ _JSON_TYPES: Final = (
     (list, "an array"),
     (dict, "an object"),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFields:
+    """Where a provider keeps each of syncer's columns in a listed item, and in what form.
+
+    The defaults are the OpenAI shape (`id`, `filename`, `purpose`, `bytes`, Unix
+    `created_at`). `status` None: the provider has no status field, and every file it
+    lists has the class `absent_status`; so has a file whose status is missing.
+    """
+
+    id: str = "id"
+    filename: str = "filename"
+    filename_required: bool = True
+    purpose: str = "purpose"
+    purpose_required: bool = True
+    size: str = "bytes"
+    size_as_text: bool = False
+    """Sizes are int64 written as a decimal string (protobuf's JSON mapping)."""
+    created_at: str = "created_at"
+    timestamps: Literal["unix", "rfc3339"] = "unix"
+    expires_at: str | None = None
+    line_count: str | None = "line_count"
+    status: str | None = None
+    status_details: tuple[str, ...] = ()
+    """The path to the details, e.g. ("error", "message"); () if there are none."""
+    absent_status: StatusClass = StatusClass.READY
+
+    def classify(self, status: str | None) -> StatusClass:
+        """The class of a raw status of this provider (None: absent)."""
+        return classify_status(status, absent=self.absent_status)
+
+
+OPENAI_SHAPE: Final = ItemFields()
 
 
 class ParsedItems(NamedTuple):
@@ -72,12 +110,12 @@ class _UnusableItemError(Exception):
 
 
 def parse_items(
-    items: Sequence[object], *, reports_status: bool, storable: bool = False
+    items: Sequence[object], fields: ItemFields, *, storable: bool = False
 ) -> ParsedItems:
     """Validate and normalize the items of one listing, in the order listed.
 
-    `reports_status` says whether the provider has a status field at all; a provider
-    without one (SiliconFlow) gets status None and the `ready` class. Every item that
+    `fields` says where each column is (a provider without a status field gets status
+    None and its `absent_status` class). Every item that
     is not kept counts as skipped, so `len(files) + skipped == len(items)`; `problems`
     describes them in short sentences, at most MAX_PROBLEMS of them plus a tally.
     `storable` says the caller has already made sure, on the body as a whole, that no
@@ -90,7 +128,7 @@ def parse_items(
     with gc_paused():  # 100,000 new ListedFiles
         for position, item in enumerate(items):
             try:
-                usable.append(_parse_item(item, reports_status, storable=storable, classes=classes))
+                usable.append(_parse_item(item, fields, storable=storable, classes=classes))
             except _UnusableItemError as exc:
                 problems.append(f"item {position}{_id_hint(item)}: {exc}")
     files, duplicate_problems = _drop_duplicates(usable)
@@ -111,7 +149,7 @@ def parse_raw_items(
     items: Sequence[msgspec.Raw],
     *,
     known: Mapping[bytes, str],
-    reports_status: bool,
+    fields: ItemFields,
     body: bytes | None = None,
 ) -> ParsedItems | None:
     """parse_items for items still in JSON text, parsing only the ones not `known`.
@@ -151,7 +189,7 @@ def parse_raw_items(
                 usable.append(
                     _parse_item(
                         item,
-                        reports_status,
+                        fields,
                         storable=storable,
                         classes=classes,
                         digest=digests[position],
@@ -180,7 +218,7 @@ def json_type(value: object) -> str:
 
 def _parse_item(  # noqa: C901, PLR0912 - one flat run of checks; helpers would cost a call per field
     item: object,
-    reports_status: bool,  # noqa: FBT001 - positional: this runs once per listed file
+    fields: ItemFields,
     *,
     storable: bool,
     classes: dict[str | None, StatusClass],
@@ -199,43 +237,50 @@ def _parse_item(  # noqa: C901, PLR0912 - one flat run of checks; helpers would 
             "contains a NUL character or a lone surrogate, which PostgreSQL cannot store"
         )
     get = item.get
-    file_id = get("id")
+    file_id = get(fields.id)
     if not isinstance(file_id, str) or not file_id:
-        raise _UnusableItemError(f"id is {_describe(file_id)}, not a non-empty string")
+        raise _UnusableItemError(f"{fields.id} is {_describe(file_id)}, not a non-empty string")
     if len(file_id) > MAX_ID_CHARACTERS:
         raise _UnusableItemError(
-            f"id is {len(file_id)} characters long; syncer keeps ids of up to {MAX_ID_CHARACTERS}"
+            f"{fields.id} is {len(file_id)} characters long; "
+            f"syncer keeps ids of up to {MAX_ID_CHARACTERS}"
         )
-    status = get("status") if reports_status else None
+    status = get(fields.status) if fields.status is not None else None
     if status is not None and type(status) is not str:
-        status = _optional_str(item, "status")
-    filename = get("filename")
+        status = _optional_str(item, fields.status or "status")
+    filename = get(fields.filename)
     if type(filename) is not str:
-        filename = _required_str(item, "filename")
-    purpose = get("purpose")
+        filename = _text(item, fields.filename, required=fields.filename_required)
+    purpose = get(fields.purpose)
     if type(purpose) is not str:
-        purpose = _required_str(item, "purpose")
-    size = get("bytes")
-    if type(size) is not int or not _INT64_MIN <= size <= _INT64_MAX:
-        size = _integer(size, "bytes", _INT64)
-    line_count = get("line_count")
+        purpose = _text(item, fields.purpose, required=fields.purpose_required)
+    size = get(fields.size)
+    if fields.size_as_text:
+        size = _integer_text(size, fields.size)
+    elif type(size) is not int or not _INT64_MIN <= size <= _INT64_MAX:
+        size = _integer(size, fields.size, _INT64)
+    line_count = get(fields.line_count) if fields.line_count is not None else None
     if line_count is not None and (
         type(line_count) is not int or not _INT32_MIN <= line_count <= _INT32_MAX
     ):
-        line_count = _integer(line_count, "line_count", _INT32)
-    details = get("status_details") if reports_status else None
-    if details is not None and type(details) is not str:
-        details = _optional_str(item, "status_details")
+        line_count = _integer(line_count, fields.line_count or "line_count", _INT32)
+    details = _details(item, fields.status_details) if fields.status_details else None
     status_class = classes.get(status)
     if status_class is None:
-        status_class = classes[status] = classify_status(
-            status, provider_reports_status=reports_status
-        )
-    created = get("created_at")
-    if type(created) is int and 0 <= created < _MILLISECONDS_FROM:
+        status_class = classes[status] = fields.classify(status)
+    created = get(fields.created_at)
+    if fields.timestamps == "rfc3339":
+        created_at = _rfc3339(created, fields.created_at)
+    elif type(created) is int and 0 <= created < _MILLISECONDS_FROM:
         created_at = datetime.fromtimestamp(created, UTC)
     else:
-        created_at = _created_at(item)
+        created_at = _created_at(item, fields.created_at)
+    expires_at = None
+    if fields.expires_at is not None and (expires := get(fields.expires_at)) is not None:
+        if fields.timestamps == "rfc3339":
+            expires_at = _rfc3339(expires, fields.expires_at)
+        else:
+            expires_at = _unix_time(expires, fields.expires_at)
     # Positional, in ListedFile's field order: keywords cost a tenth of the parse.
     return ListedFile(
         file_id,
@@ -249,7 +294,61 @@ def _parse_item(  # noqa: C901, PLR0912 - one flat run of checks; helpers would 
         created_at,
         item,
         digest,
+        expires_at,
     )
+
+
+def _text(item: dict[str, Any], name: str, *, required: bool) -> str:
+    """A string field; an optional one that is absent or null reads as ``."""
+    if not required and item.get(name) is None:
+        return ""
+    return _required_str(item, name)
+
+
+def _details(item: dict[str, Any], path: tuple[str, ...]) -> str | None:
+    """The status details at `path` (e.g. error.message); None where any step is missing."""
+    value: object = item
+    for step in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(step)
+    if value is not None and not isinstance(value, str):
+        raise _UnusableItemError(f"{'.'.join(path)} is {_describe(value)}, not a string or null")
+    return value
+
+
+def _integer_text(value: object, name: str) -> int:
+    """An int64 written as a decimal string ("1048576"); a plain integer is taken too."""
+    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit():
+        if len(value) > _MAX_INT64_DIGITS:
+            raise _UnusableItemError(f"{name} {_preview(value)} is out of range")
+        value = int(value)
+    elif isinstance(value, str):
+        raise _UnusableItemError(f"{name} is {_describe(value)}, not a whole number")
+    return _integer(value, name, _INT64)
+
+
+def _rfc3339(value: object, name: str) -> datetime:
+    """An RFC 3339 time ("2025-04-15T18:37:24.100435Z", up to nanoseconds) in UTC."""
+    if not isinstance(value, str):
+        raise _UnusableItemError(f"{name} is {_describe(value)}, not an RFC 3339 time")
+    text = _EXCESS_FRACTION.sub(r"\1", value.strip())
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise _UnusableItemError(f"{name} {_preview(value)} is not an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        raise _UnusableItemError(f"{name} {_preview(value)} has no time zone")
+    return parsed.astimezone(UTC)
+
+
+def _unix_time(value: object, name: str) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _UnusableItemError(f"{name} is {_describe(value)}, not a number")
+    moment = _from_unix_time(value)
+    if moment is None:
+        raise _UnusableItemError(f"{name} {_preview(value)} is out of range")
+    return moment
 
 
 def _has_unstorable_text(value: object) -> bool:
@@ -295,17 +394,12 @@ def _integer(value: object, name: str, bounds: tuple[int, int]) -> int:
     return value
 
 
-def _created_at(item: dict[str, Any]) -> datetime:
+def _created_at(item: dict[str, Any], name: str) -> datetime:
     # SiliconFlow's upload response spells it createdAt; accept that spelling too.
-    value = item.get("created_at")
-    if value is None:
+    value = item.get(name)
+    if value is None and name == "created_at":
         value = item.get("createdAt")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _UnusableItemError(f"created_at is {_describe(value)}, not a number")
-    created_at = _from_unix_time(value)
-    if created_at is None:
-        raise _UnusableItemError(f"created_at {_preview(value)} is out of range")
-    return created_at
+    return _unix_time(value, name)
 
 
 def _from_unix_time(value: float) -> datetime | None:

@@ -3,25 +3,36 @@
 Documented in shared/provider-apis/moonshot-list-files.md. Errors are JSON
 `{"error": {"type", "message", "code"?}}` and the `type` decides whether to retry, not
 the status: a 429 means "slow down" or "your balance is exhausted" depending on it.
+No query parameter is documented; should a response ever say `has_more: true`, the
+shared paginator follows `after=<last id>`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+import string
+from typing import TYPE_CHECKING, Any, Final
 
-import msgspec
-
-from syncer.providers.http import Dialect, ErrorReport, excerpt, parse_json_or_none
-from syncer.providers.items import json_type, parse_items, parse_raw_items
+from syncer.model import StatusClass
+from syncer.providers.http import Dialect, ErrorReport, parse_json_or_none
+from syncer.providers.items import ItemFields
+from syncer.providers.paginator import CursorStyle, list_pages
+from syncer.providers.spec import (
+    PageRequest,
+    Personality,
+    Provider,
+    ServedPage,
+    SimulatedError,
+    bearer_authorized,
+    status_phrase,
+)
 
 if TYPE_CHECKING:
+    import random
+    from collections.abc import Mapping
+
     from syncer.config import SourceConfig
     from syncer.model import Listing
-    from syncer.providers.http import JsonResponse, ProviderClient
-
-# An account holds at most 1,000 files: 200 pages is far more than any real listing
-# needs, and stops a provider that keeps saying has_more.
-MAX_PAGES: Final = 200
+    from syncer.providers.http import ProviderClient
 
 _RETRYABLE_TYPES: Final = frozenset(
     {"rate_limit_reached_error", "engine_overloaded_error", "server_error", "unexpected_output"}
@@ -68,101 +79,116 @@ def _verdict(kind: str | None) -> bool | None:
 
 
 DIALECT: Final = Dialect(read_error=read_error)
-
-
-class _RawPage(msgspec.Struct):
-    """A page as documented, its items left as JSON text (http.split_page)."""
-
-    data: list[msgspec.Raw]
-    has_more: bool | None = None
-
-
-_RAW_PAGE: Final = msgspec.json.Decoder(_RawPage)
+ITEMS: Final = ItemFields(
+    status="status", status_details=("status_details",), absent_status=StatusClass.UNKNOWN
+)
+PAGES: Final = CursorStyle(size_param=None, cursor_param="after")
 
 
 def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
-    """List every file of the source's account.
-
-    One request is documented to return everything. Should a response say
-    `has_more: true`, the next page is requested with `after=<last id>`; a page that
-    repeats ids already listed, a has_more page without items, or more than MAX_PAGES
-    pages is a FatalProviderError, never an endless loop.
-    """
-    url = f"{source.base_url.rstrip('/')}/files"
-    response = api.get_json(url, split=_RAW_PAGE)  # no query parameter is documented
-    split: _RawPage | None = response.page
-    first_page_counted = False
-    # The documented single page: only the items that are not stored as listed are parsed.
-    if split is not None and not split.has_more:
-        api.count_items(len(split.data), response)
-        first_page_counted = True
-        parsed = parse_raw_items(
-            split.data,
-            known=api.known,
-            reports_status=True,
-            body=response.content,
-        )
-        if parsed is not None:
-            return parsed.listing()
-    response = api.whole(response)
-    items: list[object] = []
-    seen_ids: set[str] = set()
-    storable = True
-    page_number = 0
-    while True:
-        page_number += 1
-        page, has_more = _page(response)
-        if page_number > 1 or not first_page_counted:
-            api.count_items(len(page), response)
-        storable = storable and response.storable
-        # The usual single-page listing needs no ids collected.
-        if seen_ids or has_more:
-            page_ids = {
-                item["id"]
-                for item in page
-                if isinstance(item, dict) and isinstance(item.get("id"), str)
-            }
-            if repeated := page_ids & seen_ids:
-                raise response.unexpected(
-                    f"pagination repeated page {page_number}: it lists ids already listed "
-                    f"(e.g. {excerpt(repr(min(repeated)), 60)}); the provider may be "
-                    "ignoring 'after'"
-                )
-            seen_ids |= page_ids
-        items.extend(page)
-        if not has_more:
-            return parse_items(items, reports_status=True, storable=storable).listing()
-        if page_number == MAX_PAGES:
-            raise response.unexpected(f"pagination did not end within {MAX_PAGES} pages")
-        response = api.get_json(url, {"after": _cursor(response, page, page_number)})
+    """List every file of the source's account (one request, unless it says has_more)."""
+    return list_pages(api, f"{source.base_url.rstrip('/')}/files", PAGES, ITEMS)
 
 
-def _page(response: JsonResponse) -> tuple[list[object], bool]:
-    """The items of `{object: "list", data: [...], has_more?}` and whether more follow."""
-    body = response.body
-    if not isinstance(body, dict):
-        raise response.unexpected(f"the body is {json_type(body)}, not an object")
-    items = body.get("data")
-    if not isinstance(items, list):
-        raise response.unexpected("data is missing or not an array")
-    has_more = body.get("has_more")
-    # Reading a "true" string as false would end the listing early and make files
-    # that are still there look disappeared.
-    if has_more is not None and not isinstance(has_more, bool):
-        raise response.unexpected(f"has_more is {json_type(has_more)}, not a boolean")
-    return items, has_more is True
+# --- The simulator's Moonshot ---------------------------------------------------------
+
+# Moonshot ids look like xids: 20 characters of base32hex (e.g. clg681objj8g9m7n4je0).
+_XID_ALPHABET: Final = string.digits + "abcdefghijklmnopqrstuv"
+_WORDS: Final = ("report", "contract", "invoice", "notes", "slides", "paper", "summary", "季度报告")
+# purpose -> (file extensions, (min bytes, max bytes)); most files are documents.
+_PURPOSES: Final[dict[str, tuple[tuple[str, ...], tuple[int, int]]]] = {
+    "file-extract": (("pdf", "docx", "txt", "pptx", "xlsx", "md"), (2_000, 20_000_000)),
+    "image": (("png", "jpg"), (20_000, 5_000_000)),
+    "batch": (("jsonl",), (1_000, 50_000_000)),
+    "video": (("mp4",), (1_000_000, 100_000_000)),
+}
+_PURPOSE_CUMULATIVE_WEIGHTS: Final = (14, 17, 19, 20)
+_ERROR_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "invalid_authentication_error",
+    403: "permission_denied_error",
+    404: "resource_not_found_error",
+    429: "rate_limit_reached_error",
+}
+_MESSAGES: Final = {
+    "invalid_request_error": "Invalid request",
+    "invalid_authentication_error": "Invalid Authentication",
+    "permission_denied_error": "The API you are accessing is not open",
+    "exceeded_current_quota_error": "Your account is suspended, please check your plan "
+    "and billing details",
+    "resource_not_found_error": "Not found",
+    "rate_limit_reached_error": "Your account request reached max request: 3, please try "
+    "again after 1 seconds",
+    "engine_overloaded_error": "The engine is currently overloaded, please try again later",
+    "server_error": "Internal server error",
+}
 
 
-def _cursor(response: JsonResponse, page: list[object], page_number: int) -> str:
-    """The `after` value for the page that follows: the id of this page's last item."""
-    if not page:
-        raise response.unexpected(
-            f"pagination stalled on page {page_number}: has_more is true but it lists no items"
-        )
-    last = page[-1]
-    last_id = last.get("id") if isinstance(last, dict) else None
-    if not isinstance(last_id, str) or not last_id:
-        raise response.unexpected(
-            f"cannot continue pagination: the last item of page {page_number} has no id"
-        )
-    return last_id
+def _new_id(rng: random.Random) -> str:
+    return "".join(rng.choices(_XID_ALPHABET, k=20))
+
+
+def _new_file(rng: random.Random, file_id: str, created_at: int) -> dict[str, Any]:
+    purpose = rng.choices(tuple(_PURPOSES), cum_weights=_PURPOSE_CUMULATIVE_WEIGHTS)[0]
+    extensions, (smallest, largest) = _PURPOSES[purpose]
+    return {
+        "id": file_id,
+        "object": "file",
+        "bytes": rng.randint(smallest, largest),
+        "created_at": created_at,
+        "filename": f"{rng.choice(_WORDS)}-{rng.randint(1, 999)}.{rng.choice(extensions)}",
+        "purpose": purpose,
+        "status": "ok",
+        "status_details": "",
+    }
+
+
+def _read_query(query: Mapping[str, list[str]], page_size: int | None) -> PageRequest:
+    # The real API takes no parameters and answers everything at once; an account with
+    # a page size plays the OpenAI-style paging syncer must also cope with.
+    after = query.get("after", [None])[-1]
+    return PageRequest(size=page_size, cursor=after, paged=page_size is not None)
+
+
+def _envelope(page: ServedPage) -> object:
+    body: dict[str, object] = {"object": "list", "data": page.items}
+    if page.has_more is not None:
+        body["has_more"] = page.has_more
+    return body
+
+
+def _error(status: int, error_type: str | None, message: str | None) -> SimulatedError:
+    default_type = "server_error" if status >= 500 else "invalid_request_error"
+    kind = error_type or _ERROR_TYPES.get(status, default_type)
+    text = message or _MESSAGES.get(kind, status_phrase(status))
+    return SimulatedError(status, {"error": {"type": kind, "message": text}})
+
+
+PERSONALITY: Final = Personality(
+    api_prefix="v1",
+    authorized=bearer_authorized,
+    new_id=_new_id,
+    new_file=_new_file,
+    read_query=_read_query,
+    envelope=_envelope,
+    error=_error,
+    status_field="status",
+    statuses=("processing", "ok", "error"),
+    status_fields=lambda status, details: {"status": status, "status_details": details},
+    failure_details=(
+        "file type not supported",
+        "failed to extract text: the file is encrypted",
+        "file content is empty",
+        "file is corrupted and cannot be parsed",
+    ),
+    appearing=(2, 4),
+)
+
+PROVIDER: Final = Provider(
+    name="moonshot",
+    default_base_url="https://api.moonshot.cn/v1",
+    dialect=DIALECT,
+    items=ITEMS,
+    list_files=list_files,
+    personality=PERSONALITY,
+)

@@ -7,14 +7,30 @@ says more about retrying than its HTTP status does.
 
 from __future__ import annotations
 
+import string
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from syncer.model import StatusClass
 from syncer.providers.http import Dialect, ErrorReport, excerpt, parse_json_or_none
-from syncer.providers.items import json_type, parse_items, parse_raw_items
+from syncer.providers.items import ItemFields, json_type, parse_items, parse_raw_items
+from syncer.providers.spec import (
+    PageRequest,
+    Personality,
+    Provider,
+    ServedPage,
+    SimulatedError,
+    bearer_authorized,
+    page_size,
+    query_value,
+    status_phrase,
+)
 
 if TYPE_CHECKING:
+    import random
+    from collections.abc import Mapping
+
     from syncer.config import SourceConfig
     from syncer.model import Listing
     from syncer.providers.http import JsonResponse, ProviderClient
@@ -37,6 +53,9 @@ def read_error(body: bytes) -> ErrorReport:
 
 
 DIALECT: Final = Dialect(read_error=read_error, trace_header="x-siliconcloud-trace-id")
+# No status field: a file SiliconFlow lists has been accepted, so it is ready.
+ITEMS: Final = ItemFields(absent_status=StatusClass.READY)
+DEFAULT_LIST_LIMIT: Final = 10_000
 
 
 class _RawItems(msgspec.Struct):
@@ -75,7 +94,7 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
         parsed = parse_raw_items(
             raw_items,
             known=api.known,
-            reports_status=False,
+            fields=ITEMS,
             body=response.content,
         )
         if parsed is not None:
@@ -84,7 +103,7 @@ def list_files(api: ProviderClient, source: SourceConfig) -> Listing:
     items = _items(response)
     if split is None:
         api.count_items(len(items), response)
-    parsed = parse_items(items, reports_status=False, storable=response.storable)
+    parsed = parse_items(items, ITEMS, storable=response.storable)
     return parsed.listing(truncated=len(items) >= source.list_limit)
 
 
@@ -108,3 +127,92 @@ def _items(response: JsonResponse) -> list[object]:
     if not isinstance(items, list):
         raise response.unexpected("data.data is missing or not an array")
     return items
+
+
+# --- The simulator's SiliconFlow ------------------------------------------------------
+
+_WORDS: Final = ("report", "contract", "invoice", "notes", "slides", "paper", "summary", "季度报告")
+_ERRORS: Final[dict[int, str | dict[str, Any]]] = {
+    400: {"code": 20012, "message": "Invalid request parameters.", "data": None},
+    401: "Invalid token",
+    403: "Forbidden",
+    404: "404 page not found",
+    429: {
+        "message": "Request was rejected due to rate limiting. If you want more, please "
+        "contact contact@siliconflow.cn. Details: RPM limit reached.",
+        "data": None,
+    },
+    503: {
+        "code": 50505,
+        "message": "Model service overloaded. Please try again later.",
+        "data": None,
+    },
+}
+
+
+def _new_id(rng: random.Random) -> str:
+    return "file-" + "".join(rng.choices(string.ascii_lowercase, k=10))
+
+
+def _new_file(rng: random.Random, file_id: str, created_at: int) -> dict[str, Any]:
+    lines = rng.randint(1, 5_000)
+    return {
+        "id": file_id,
+        "object": "file",
+        "bytes": lines * rng.randint(150, 3_000),
+        "created_at": created_at,
+        "filename": f"batch-{rng.choice(_WORDS)}-{rng.randint(1, 9999):04d}.jsonl",
+        "purpose": "batch",
+        "line_count": lines,
+    }
+
+
+def _read_query(
+    query: Mapping[str, list[str]], _page_size: int | None
+) -> PageRequest | SimulatedError:
+    if query_value(query, "purpose") != "batch" or len(query.get("purpose", ())) != 1:
+        return _error(400, None, "purpose must be batch")
+    limit = page_size(query, "limit", default=10, maximum=2**62)
+    if limit is None:
+        return _error(400, None, "limit must be a positive integer")
+    # No pagination: the oldest `limit` files, and nothing says whether more exist.
+    return PageRequest(size=limit, paged=False)
+
+
+def _envelope(page: ServedPage) -> object:
+    return {
+        "code": 20000,
+        "message": "Ok",
+        "status": True,
+        "data": {"data": page.items, "object": "file"},
+    }
+
+
+def _error(status: int, _error_type: str | None, message: str | None) -> SimulatedError:
+    shape = _ERRORS.get(status, status_phrase(status))
+    if isinstance(shape, dict):
+        return SimulatedError(status, shape if message is None else {**shape, "message": message})
+    return SimulatedError(status, message or shape)
+
+
+PROVIDER: Final = Provider(
+    name="siliconflow",
+    default_base_url="https://api.siliconflow.cn/v1",
+    dialect=DIALECT,
+    items=ITEMS,
+    list_files=list_files,
+    personality=Personality(
+        api_prefix="v1",
+        authorized=bearer_authorized,
+        new_id=_new_id,
+        new_file=_new_file,
+        read_query=_read_query,
+        envelope=_envelope,
+        error=_error,
+        trace_header="x-siliconcloud-trace-id",
+        pages=False,
+        appearing=(1, 3),
+    ),
+    list_limit=DEFAULT_LIST_LIMIT,
+    list_limit_setting=True,
+)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from syncer.model import EventKind, Outcome, StatusClass
+from syncer.providers.spec import provider_names
 from syncer.reports.output import Format
 from syncer.reports.queries import parse_since
 
@@ -71,7 +72,7 @@ providers = click.option(
     "providers",
     multiple=True,
     metavar="NAME",
-    help="Only this provider: siliconflow, moonshot (repeatable).",
+    help=f"Only this provider: {', '.join(provider_names())} (repeatable).",
 )
 kinds = _repeatable_choice("--kind", "kinds", EventKind, "Only events of this kind")
 outcomes = _repeatable_choice("--outcome", "outcomes", Outcome, "Only runs with this outcome")

@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from syncer.db.schema import file_events, files, sync_runs
-from syncer.model import EventKind
 
 if TYPE_CHECKING:
     from enum import StrEnum
 
-    from syncer.model import Outcome, StatusClass
+    from syncer.model import EventKind, Outcome, StatusClass
 
 _AGO = re.compile(r"(\d+)\s*([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -114,10 +113,9 @@ def events_report(filters: Filters) -> Report:
     if filters.file_ids:
         statement = statement.where(file_events.c.file_id.in_(filters.file_ids))
     if filters.status_classes:
-        new_class = sa.func.syncer_status_class(file_events.c.provider, file_events.c.new_status)
+        # Events that end a file's presence have no class after them (NULL).
         statement = statement.where(
-            file_events.c.kind != EventKind.DISAPPEARED.value,
-            new_class.in_(_values(filters.status_classes)),
+            file_events.c.new_status_class.in_(_values(filters.status_classes))
         )
     if filters.since is not None:
         statement = statement.where(file_events.c.occurred_at >= filters.since)
@@ -142,6 +140,7 @@ def runs_report(filters: Filters) -> Report:
         "status_changed",
         "changed",
         "disappeared",
+        "expired",
         "reappeared",
         "error",
     )
