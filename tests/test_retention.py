@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
+from test_cli import syncer
 from test_reporting_docs import QUERIES
 from test_reporting_seed import rows
 
@@ -382,3 +383,17 @@ def test_event_retention_drops_gone_files_and_files_as_of_refuses_earlier_times(
     assert rows(ledger, after_cutoff) == before
     with pytest.raises(sa.exc.DataError, match=r"events before .* were pruned"):
         rows(ledger, "SELECT * FROM files_as_of(now() - interval '20 days')")
+
+
+def test_syncer_prune_says_what_it_rolled_up_and_removed(ledger, env, tmp_path):
+    with ledger.begin() as conn:
+        for n in range(300):
+            add_run(conn, "a", OLD + n * timedelta(hours=1))
+        add_alert(conn, None, "sent-old", "sent", NOW - 100 * DAY)
+
+    result = syncer("prune", env={**env, "SYNCER_ALERT_RETENTION": "30d"}, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "rolled up 200 runs into" in result.stdout
+    assert "removed 1 alerts" in result.stdout
+    assert len(run_ids(ledger)) == 100
