@@ -78,7 +78,7 @@ _PRUNE_RUNS = sa.text("""
     WITH candidates AS (
         SELECT r.id, (r.started_at AT TIME ZONE 'UTC')::date AS day
         FROM sync_runs AS r
-        WHERE r.source = :source AND r.outcome = 'ok' AND r.id < :keep_from
+        WHERE r.source = :source AND r.outcome = 'ok' AND r.id > :after AND r.id < :keep_from
           AND r.started_at < :cutoff
           AND r.appeared = 0 AND r.status_changed = 0 AND r.changed = 0
           AND r.disappeared = 0 AND r.reappeared = 0
@@ -134,6 +134,7 @@ _PRUNE_RUNS = sa.text("""
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM candidates) AS candidates,
+           (SELECT max(id) FROM chosen) AS last_id,
            (SELECT count(*) FROM gone) AS removed,
            (SELECT count(*) FROM rolled) AS days
 """)
@@ -299,12 +300,14 @@ def prune_runs(
             ).scalar_one_or_none()
         if keep_from is None:
             continue  # not even `keep` ok runs: all of them stay
+        after = 0  # each batch starts after the last one's runs, not at their dead rows
         while True:
             with conn.begin():
                 batch = conn.execute(
                     _PRUNE_RUNS,
                     {
                         "source": source,
+                        "after": after,
                         "keep_from": keep_from,
                         "cutoff": cutoff,
                         "batch": policy.batch,
@@ -313,8 +316,9 @@ def prune_runs(
             removed += batch.removed
             days += batch.days
             batch_done()
-            if batch.candidates < policy.batch:
+            if batch.candidates < policy.batch or batch.last_id is None:
                 break
+            after = batch.last_id
     return removed, days
 
 
