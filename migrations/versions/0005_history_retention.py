@@ -8,6 +8,8 @@
   "the latest ok run" and "the last complete runs" (`current_files.last_seen_at`) are
   index-only lookups that never walk through a long failure streak.
 - `ix_file_events_file_id`: a file's events by id alone (`syncer events --file`).
+- `ix_files_present_status_class` carries `provider` and `bytes`: `inventory_summary`
+  (read at every /metrics scrape) counts present files from the index.
 - `ix_alerts_sync_run_id` and `ix_files_gone_deleted_at`: what retention asks (is a
   run referenced by an alert; which files are gone since before a time).
 - `sync_run_daily`: per source and UTC day, what pruned runs were (syncer/retention.py).
@@ -33,7 +35,10 @@ depends_on: str | Sequence[str] | None = None
 # last one, one index probe), then each source's newest run, newest ok run and newest
 # run that did not fail are read from the top of an index. The runs after the last one
 # that did not fail are the failure streak: counted along the same index, they are
-# exactly as many as the streak is long.
+# exactly as many as the streak is long. Ordering by (source, id), not id alone, leaves
+# the planner no other index to walk: with id alone it may walk the primary key back
+# through every source's runs until it meets one of this source (one that did not fail,
+# for a source failing for days, is thousands of rows back).
 SOURCE_HEALTH = """
 CREATE OR REPLACE VIEW source_health AS
 WITH RECURSIVE sources (source) AS (
@@ -54,21 +59,21 @@ CROSS JOIN LATERAL (
     SELECT r.provider, r.id, r.started_at, r.outcome, r.error
     FROM sync_runs AS r
     WHERE r.source = s.source
-    ORDER BY r.id DESC
+    ORDER BY r.source DESC, r.id DESC
     LIMIT 1
 ) AS last
 LEFT JOIN LATERAL (
     SELECT r.finished_at
     FROM sync_runs AS r
     WHERE r.source = s.source AND r.outcome = 'ok'
-    ORDER BY r.id DESC
+    ORDER BY r.source DESC, r.id DESC
     LIMIT 1
 ) AS ok ON true
 LEFT JOIN LATERAL (
     SELECT r.id
     FROM sync_runs AS r
     WHERE r.source = s.source AND r.outcome <> 'failed'
-    ORDER BY r.id DESC
+    ORDER BY r.source DESC, r.id DESC
     LIMIT 1
 ) AS not_failed ON true
 """
@@ -171,6 +176,14 @@ def upgrade() -> None:
         postgresql_where=sa.text("outcome IN ('ok', 'held')"),
     )
     op.create_index("ix_file_events_file_id", "file_events", ["file_id"])
+    op.drop_index("ix_files_present_status_class", table_name="files")
+    op.create_index(
+        "ix_files_present_status_class",
+        "files",
+        ["status_class", "source"],
+        postgresql_include=["provider", "bytes"],
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
     op.create_index("ix_alerts_sync_run_id", "alerts", ["sync_run_id"])
     op.create_index(
         "ix_files_gone_deleted_at",
@@ -214,6 +227,13 @@ def downgrade() -> None:
     op.drop_index("ix_files_gone_deleted_at", table_name="files")
     op.drop_index("ix_alerts_sync_run_id", table_name="alerts")
     op.drop_index("ix_file_events_file_id", table_name="file_events")
+    op.drop_index("ix_files_present_status_class", table_name="files")
+    op.create_index(
+        "ix_files_present_status_class",
+        "files",
+        ["status_class", "source"],
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    )
     op.drop_index("ix_sync_runs_complete_source_id", table_name="sync_runs")
     op.drop_index("ix_sync_runs_ok_source_id", table_name="sync_runs")
     op.drop_index("ix_sync_runs_source_id", table_name="sync_runs")

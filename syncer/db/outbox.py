@@ -62,7 +62,9 @@ def source_history(conn: sa.Connection, source: str) -> SourceHistory:
     last_not_failed = (
         sa.select(sync_runs.c.id)
         .where(sync_runs.c.source == source, sync_runs.c.outcome != Outcome.FAILED.value)
-        .order_by(sync_runs.c.id.desc())
+        # (source, id), not id alone: only the source's index gives that order, so the
+        # planner never walks the primary key back through every source's runs.
+        .order_by(sync_runs.c.source.desc(), sync_runs.c.id.desc())
         .limit(1)
         .scalar_subquery()
     )
@@ -77,7 +79,7 @@ def source_history(conn: sa.Connection, source: str) -> SourceHistory:
             sync_runs.c.source == source,
             sync_runs.c.outcome.in_([Outcome.OK.value, Outcome.HELD.value]),
         )
-        .order_by(sync_runs.c.id.desc())
+        .order_by(sync_runs.c.source.desc(), sync_runs.c.id.desc())
         .limit(1)
     )
     row = conn.execute(sa.select(failures.scalar_subquery(), last_complete.scalar_subquery())).one()

@@ -123,10 +123,12 @@ files = Table(
     PrimaryKeyConstraint("source", "file_id"),
     CheckConstraint(_one_of("status_class", [c.value for c in StatusClass]), name="status_class"),
     # Reports ask about present files by class (failed_files); gone files never match.
+    # It carries what inventory_summary (every /metrics scrape) adds up, too.
     Index(
         "ix_files_present_status_class",
         "status_class",
         "source",
+        postgresql_include=["provider", "bytes"],
         postgresql_where=text("deleted_at IS NULL"),
     ),
     # Event retention: the files gone since before a time.
