@@ -55,16 +55,14 @@ _COLUMNS = [alerts.c[name] for name in StoredAlert.__dataclass_fields__]
 def source_history(conn: sa.Connection, source: str) -> SourceHistory:
     """The source's failure streak and last complete outcome, before the current run.
 
-    Both are read from the top of the source's runs in an index (ix_sync_runs_source_id,
-    ix_sync_runs_complete_source_id): the streak costs as much as it is long, never as
-    much as the source's history.
+    Both are read from the top of the source's runs in an index that holds every column
+    they ask for (ix_sync_runs_source_id, ix_sync_runs_complete_source_id): the streak
+    costs as much as it is long, never as much as the source's history.
     """
     last_not_failed = (
         sa.select(sync_runs.c.id)
         .where(sync_runs.c.source == source, sync_runs.c.outcome != Outcome.FAILED.value)
-        # (source, id), not id alone: only the source's index gives that order, so the
-        # planner never walks the primary key back through every source's runs.
-        .order_by(sync_runs.c.source.desc(), sync_runs.c.id.desc())
+        .order_by(sync_runs.c.id.desc())
         .limit(1)
         .scalar_subquery()
     )
@@ -79,7 +77,7 @@ def source_history(conn: sa.Connection, source: str) -> SourceHistory:
             sync_runs.c.source == source,
             sync_runs.c.outcome.in_([Outcome.OK.value, Outcome.HELD.value]),
         )
-        .order_by(sync_runs.c.source.desc(), sync_runs.c.id.desc())
+        .order_by(sync_runs.c.id.desc())
         .limit(1)
     )
     row = conn.execute(sa.select(failures.scalar_subquery(), last_complete.scalar_subquery())).one()
