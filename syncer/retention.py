@@ -21,8 +21,8 @@ One pass (`prune`), run by `syncer prune` and periodically by `syncer run`:
 
 Work goes in small batches, each its own short transaction, under an advisory lock
 that keeps two replicas from pruning at once (the second finds it taken and does
-nothing). The tables a pass changed are analyzed at its end, so the planner's
-statistics never wait for autovacuum.
+nothing). The tables a pass changed are vacuumed and analyzed at its end, so neither
+the lookups nor the planner's statistics wait for autovacuum.
 """
 
 from __future__ import annotations
@@ -254,14 +254,14 @@ def prune(
                 files, events = _prune_events(
                     conn, policy, cutoff=now - policy.events, now=now, batch_done=batch_done
                 )
-            _analyze(
+            _vacuum(
                 conn,
                 [
                     *(["sync_runs", "sync_run_daily"] if runs else []),
                     *(["alerts"] if alerts else []),
-                    *(["files", "file_events"] if files else []),
                 ],
             )
+            _analyze(conn, ["files", "file_events"] if files else [])
         finally:
             conn.rollback()
             conn.execute(_PRUNE_UNLOCK)
@@ -381,6 +381,26 @@ def _analyze(conn: sa.Connection, tables: Iterable[str]) -> None:
     if names:
         with conn.begin():
             conn.execute(sa.text(f"ANALYZE {names}"))
+
+
+def _vacuum(conn: sa.Connection, tables: Iterable[str]) -> None:
+    """VACUUM (ANALYZE) what a pass pruned (names are ours, never input).
+
+    Right after a large prune the indexes still point at the deleted rows, and lookups
+    read through them until they are vacuumed: do it now, not when autovacuum gets
+    there. VACUUM runs outside a transaction and takes as long as it needs.
+    """
+    names = ", ".join(tables)
+    if names:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            conn.execute(sa.text("SET statement_timeout = 0"))
+            conn.execute(sa.text(f"VACUUM (ANALYZE) {names}"))
+        finally:
+            if not conn.invalidated:
+                conn.execute(sa.text("RESET statement_timeout"))
+            conn.rollback()  # ends SQLAlchemy's bookkeeping of the autocommit "transaction"
+            conn.execution_options(isolation_level="READ COMMITTED")
 
 
 def analyze_after_bulk_load(conn: sa.Connection) -> None:
