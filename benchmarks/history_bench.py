@@ -430,6 +430,9 @@ def bench_size(runs: int, args: argparse.Namespace, sim: SimulatorProcess, empty
     for name, run in queries(engine, s, analyst=not args.no_analyst):
         results[name] = [timed(run, args.repeat)]
     results["/metrics collection"] = [timed(metrics_collection(engine, sources), args.repeat)]
+    # Printed now too: a prune of a big history under load can take long.
+    for name, times in results.items():
+        print(f"unpruned: {name[:62]:<62} {times[0] * 1000:>10.2f} ms")
     if not args.no_prune:
         seconds, summary = prune_pass(engine)
         print(f"prune pass: {seconds:.1f}s: {summary}")
