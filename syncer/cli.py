@@ -44,6 +44,7 @@ from syncer.reports import (
     runs_report,
 )
 from syncer.reports import options as report_options
+from syncer.retention import prune as prune_history
 from syncer.service import run_service
 from syncer.sync import sync_source
 
@@ -180,6 +181,20 @@ def run(*, no_migrate: bool) -> None:
     targets = build_targets(settings.alert_urls)
     with _engine(settings, migrate=not no_migrate, require_head=True) as engine:
         sys.exit(run_service(settings, engine, targets=targets))
+
+
+@cli.command()
+def prune() -> None:
+    """Apply the retention settings once now (what `syncer run` does every hour).
+
+    Rolls old unchanged ok runs up into sync_run_daily and removes them, removes old
+    sent and dead alerts and, with SYNCER_EVENT_RETENTION, old gone files and their
+    events; prints what it did. Another process pruning at the time makes it a no-op.
+    """
+    settings = _settings()
+    with _engine(settings) as engine:
+        report = prune_history(engine, settings.retention)
+    click.echo(f"prune: {report.summary()}")
 
 
 @cli.group()

@@ -13,7 +13,8 @@ import os
 import re
 import stat
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -24,6 +25,7 @@ from dotenv import dotenv_values
 from syncer.errors import ConfigError
 from syncer.providers.spec import registry
 from syncer.redaction import Secret, check_api_key, register_secret
+from syncer.retention import RetentionPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -40,6 +42,8 @@ MAX_CONFIG_FILE_BYTES = 1024 * 1024
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+_AGE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_AGE_UNITS = {**_DURATION_UNITS, "d": 86_400, "w": 604_800}
 _LOG_FORMATS = ("json", "console")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TOML_SOURCE_KEYS = {
@@ -117,6 +121,7 @@ class Settings:
     http: HttpPolicy
     alert_urls: tuple[Secret, ...] = ()
     alerts: AlertPolicy = AlertPolicy()
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     http_host: str = "0.0.0.0"  # noqa: S104 - the service is meant to be scraped from outside its container
     http_port: int = 8080
     lock_timeout: float = 30.0
@@ -171,6 +176,11 @@ def load_settings(
             dispatch_interval=env.duration("SYNCER_ALERT_DISPATCH_INTERVAL", 5.0),
             backoff_initial=env.duration("SYNCER_ALERT_BACKOFF", 10.0),
             max_attempts=env.integer("SYNCER_ALERT_MAX_ATTEMPTS", 12, minimum=1),
+        ),
+        retention=RetentionPolicy(
+            runs=env.age("SYNCER_RUN_RETENTION", timedelta(days=30)),
+            alerts=env.age("SYNCER_ALERT_RETENTION", timedelta(days=90)),
+            events=env.age("SYNCER_EVENT_RETENTION", None),
         ),
         http_host=env.get("SYNCER_HTTP_HOST") or "0.0.0.0",  # noqa: S104 - see Settings
         http_port=env.integer("SYNCER_HTTP_PORT", 8080, minimum=0, maximum=65535),
@@ -320,6 +330,19 @@ class _Environment:
             raise ConfigError(
                 f"{name}: expected a positive duration like 300, 90s, 5m or 1h, got {text!r}"
             ) from None
+
+    def age(self, name: str, default: timedelta | None) -> timedelta | None:
+        """A retention: `30d`, `2w`, `12h`, seconds; `0` (or unset, by default) keeps all."""
+        text = self.get(name)
+        if text is None:
+            return default
+        match = _AGE.match(text)
+        if not match:
+            raise ConfigError(
+                f"{name}: expected an age like 30d, 2w, 12h or 0 (keep everything), got {text!r}"
+            )
+        seconds = int(match.group(1)) * _AGE_UNITS[match.group(2)]
+        return timedelta(seconds=seconds) if seconds else None
 
     def choice(self, name: str, choices: tuple[str, ...], *, default: str | None) -> str | None:
         text = self.get(name)

@@ -19,6 +19,7 @@ from syncer.db.engine import describe_db_error
 from syncer.delivery import dispatch_due
 from syncer.errors import ConfigError, DatabaseUnavailableError, SourceBusyError
 from syncer.metrics import Metrics
+from syncer.retention import prune
 from syncer.sync import sync_source
 from syncer.web import HttpServer, make_app
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _MAX_JITTER_SECONDS = 30.0
 HEARTBEAT_SECONDS = 5.0
+PRUNE_SECONDS = 3600.0
 
 
 def run_service(
@@ -92,6 +94,16 @@ def run_service(
             "SYNCER_ALERT_URLS is not set: alerts are recorded in the alerts table "
             "but delivered to no one"
         )
+    # Retention, hourly, on a thread of its own so that it never delays a sync.
+    scheduler.add_executor(ThreadPoolExecutor(1), "maintenance")
+    scheduler.add_job(
+        _prune_job,
+        IntervalTrigger(seconds=PRUNE_SECONDS, jitter=_MAX_JITTER_SECONDS),
+        args=(engine, settings),
+        id="prune",
+        name="prune history",
+        executor="maintenance",
+    )
     server = _serve_http(settings, engine, metrics, heartbeat, scheduler)
     _stop_on_signals(stop)
     scheduler.start()
@@ -187,6 +199,16 @@ def _dispatch_job(engine: sa.Engine, targets: Sequence[Target], policy: AlertPol
         log.warning("alerts: database unavailable: %s; will try again", describe_db_error(error))
     except Exception:  # the scheduler must survive even a bug in delivery
         log.exception("alerts: unexpected error while delivering; will try again")
+
+
+def _prune_job(engine: sa.Engine, settings: Settings) -> None:
+    """One scheduled retention pass. Never raises, like a sync."""
+    try:
+        prune(engine, settings.retention)
+    except SQLAlchemyError as error:
+        log.warning("prune: database unavailable: %s; will try again", describe_db_error(error))
+    except Exception:  # the scheduler must survive even a bug in retention
+        log.exception("prune: unexpected error; will try again")
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

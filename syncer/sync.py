@@ -28,6 +28,7 @@ from syncer.errors import DatabaseUnavailableError, ProviderError
 from syncer.model import EventKind, Outcome
 from syncer.providers import fetch_listing
 from syncer.redaction import redact
+from syncer.retention import analyze_after_bulk_load
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
     from syncer.model import Listing
 
 log = logging.getLogger(__name__)
+
+# So many new files at once (an initial load) that the planner's statistics must be
+# refreshed now, not whenever autovacuum gets to it.
+BULK_LOAD_FILES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +173,8 @@ def sync_source(
                 log.warning("source %s: skipped an unusable item: %s", source.name, problem)
             if listing.early_end:
                 log.warning("source %s: %s", source.name, listing.early_end)
+            if plan.count(EventKind.APPEARED) >= BULK_LOAD_FILES:
+                analyze_after_bulk_load(conn)
             return finish(plan.outcome, run_id, _counts(plan, listing))
     except SQLAlchemyError as error:
         raise DatabaseUnavailableError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from syncer.config import load_settings, parse_duration
@@ -223,3 +225,36 @@ def test_db_wait_is_a_duration_and_0_turns_it_off(value, seconds):
 def test_a_bad_db_wait_names_the_setting(value):
     with pytest.raises(ConfigError, match="SYNCER_DB_WAIT"):
         load({"SYNCER_DB_WAIT": value})
+
+
+def test_retention_defaults_keep_runs_30_days_alerts_90_and_events_forever():
+    retention = load({}).retention
+
+    assert (retention.runs, retention.alerts, retention.events) == (
+        timedelta(days=30),
+        timedelta(days=90),
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "age"),
+    [
+        ("0", None),
+        ("45d", timedelta(days=45)),
+        ("2w", timedelta(weeks=2)),
+        ("36h", timedelta(hours=36)),
+        ("600", timedelta(seconds=600)),
+    ],
+)
+def test_retention_ages_and_0_keeps_everything(value, age):
+    settings = load({"SYNCER_RUN_RETENTION": value, "SYNCER_EVENT_RETENTION": value})
+
+    assert settings.retention.runs == age
+    assert settings.retention.events == age
+
+
+@pytest.mark.parametrize("value", ["-1d", "30 days", "1.5d", "forever"])
+def test_a_bad_retention_names_the_setting(value):
+    with pytest.raises(ConfigError, match=r"^SYNCER_ALERT_RETENTION: expected an age like 30d"):
+        load({"SYNCER_ALERT_RETENTION": value})

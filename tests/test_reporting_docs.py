@@ -129,6 +129,12 @@ def expected_rows(s: Seeded) -> dict[str, list[tuple[Any, ...]]]:
         "Sources whose last ok sync is older than three intervals": [
             ("kimi-b", "moonshot", t10, now, "failed", 3),
         ],
+        "Runs per day, pruned or not": [
+            ("kimi-b", t10.date(), 1, 1, 0),
+            ("kimi-b", t8.date(), 1, 0, 1),
+            ("kimi-b", t5.date(), 1, 0, 1),
+            ("kimi-b", now.date(), 1, 0, 1),
+        ],
         "Runs in the last 24 hours by outcome": [
             ("kimi", "ok", 1, now),
             ("kimi-b", "failed", 1, now),

@@ -11,7 +11,9 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
+    Double,
     ForeignKey,
     Identity,
     Index,
@@ -74,7 +76,24 @@ sync_runs = Table(
     _counter("disappearances_held"),
     Column("error", Text, nullable=True),
     CheckConstraint(_one_of("outcome", [o.value for o in Outcome]), name="outcome"),
-    Index(None, "source", "id"),
+    # A source's newest runs, newest ok run and last complete runs, read from the top
+    # of an index without visiting the table (source_health, current_files, metrics,
+    # the failure streak): never a walk through all runs or a long failure streak.
+    Index(None, "source", "id", postgresql_include=["outcome", "finished_at"]),
+    Index(
+        "ix_sync_runs_ok_source_id",
+        "source",
+        "id",
+        postgresql_include=["finished_at"],
+        postgresql_where=text("outcome = 'ok'"),
+    ),
+    Index(
+        "ix_sync_runs_complete_source_id",
+        "source",
+        "id",
+        postgresql_include=["outcome", "finished_at"],
+        postgresql_where=text("outcome IN ('ok', 'held')"),
+    ),
     Index(None, "started_at"),
 )
 
@@ -108,11 +127,17 @@ files = Table(
     PrimaryKeyConstraint("source", "file_id"),
     CheckConstraint(_one_of("status_class", [c.value for c in StatusClass]), name="status_class"),
     # Reports ask about present files by class (failed_files); gone files never match.
+    # It carries what inventory_summary (every /metrics scrape) adds up, too.
     Index(
         "ix_files_present_status_class",
         "status_class",
         "source",
+        postgresql_include=["provider", "bytes"],
         postgresql_where=text("deleted_at IS NULL"),
+    ),
+    # Event retention: the files gone since before a time.
+    Index(
+        "ix_files_gone_deleted_at", "deleted_at", postgresql_where=text("deleted_at IS NOT NULL")
     ),
 )
 
@@ -135,6 +160,8 @@ file_events = Table(
     Column("new_status_class", Text, nullable=True),
     CheckConstraint(_one_of("kind", [k.value for k in EventKind]), name="kind"),
     Index(None, "source", "file_id", "id"),
+    # A file's events by its id alone (`syncer events --file ID`).
+    Index(None, "file_id"),
     Index(None, "occurred_at"),
     Index(None, "kind", "occurred_at"),
 )
@@ -162,4 +189,37 @@ alerts = Table(
     Column("delivered_to", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
     CheckConstraint(_one_of("state", ["pending", "sent", "dead"]), name="state"),
     Index(None, "state", "next_attempt_at"),
+    # Run retention keeps every run an alert refers to.
+    Index(None, "sync_run_id"),
+)
+
+# What run retention pruned, per source and UTC day of `started_at` (syncer/retention.py).
+# Durations are seconds from started_at to finished_at.
+sync_run_daily = Table(
+    "sync_run_daily",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("runs", Integer, nullable=False),
+    Column("ok", Integer, nullable=False),
+    Column("incomplete", Integer, nullable=False),
+    Column("held", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("files_listed_min", Integer, nullable=False),
+    Column("files_listed_max", Integer, nullable=False),
+    Column("duration_p50", Double, nullable=True),
+    Column("duration_p95", Double, nullable=True),
+    Column("duration_max", Double, nullable=True),
+    PrimaryKeyConstraint("source", "day"),
+)
+
+# How far back a history was pruned: `file_events` before `pruned_before` (event
+# retention) are gone, and files_as_of() refuses to rebuild a time before it.
+pruned_history = Table(
+    "pruned_history",
+    metadata,
+    Column("relation", Text, primary_key=True),
+    _timestamp("pruned_before"),
+    _timestamp("pruned_at"),
 )
