@@ -12,6 +12,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -154,4 +155,24 @@ alerts = Table(
     Column("delivered_to", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
     CheckConstraint(_one_of("state", ["pending", "sent", "dead"]), name="state"),
     Index(None, "state", "next_attempt_at"),
+)
+
+# The schedule and the lease of each source (syncer.db.sources). A sync is serialized
+# by its lease, not by a database connection held through the fetch: `lease_token`
+# grows with every lease taken and is checked again in the write transaction.
+sources = Table(
+    "sources",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("interval_seconds", Float, nullable=False),
+    _timestamp("next_due_at"),
+    Column("lease_owner", Text, nullable=True),
+    _timestamp("lease_expires_at", nullable=True),
+    Column("lease_token", BigInteger, nullable=False, server_default=text("0")),
+    # Internal: consecutive failed runs; failing sources get a bounded share of workers.
+    _counter("failures"),
+    _timestamp("retired_at", nullable=True),
+    CheckConstraint("interval_seconds > 0", name="interval"),
+    Index("ix_sources_due", "next_due_at", postgresql_where=text("retired_at IS NULL")),
 )
