@@ -75,6 +75,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._busy = 0
         self._held: dict[str, _Held] = {}
+        self._overdue: set[Lease] = set()  # warned about once
         self._stopping = threading.Event()
         self._closed = threading.Event()
         self._renewer = threading.Thread(
@@ -202,6 +203,9 @@ class WorkerPool:
             held = list(self._held.values())
         leases = [h.lease for h in held if now - h.started < bound]
         for overdue in (h.lease for h in held if now - h.started >= bound):
+            if overdue in self._overdue:
+                continue
+            self._overdue.add(overdue)
             log.warning(
                 "source %s: its sync has run past its bound (%.0fs); its lease is left to "
                 "expire, and a listing it still fetches will not be applied",
