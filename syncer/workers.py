@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +37,14 @@ if TYPE_CHECKING:
     from syncer.sync import RunResult
 
 log = logging.getLogger(__name__)
+
+# A scheduled sync of a source that was healthy gives up retrying after this long (or
+# SYNCER_RETRY_TIMEOUT, if shorter): when a provider goes down, each of its sources
+# frees its worker soon, and is retried with the whole budget in the failing sources'
+# share of the workers from its next due time on. Without it, the first failure of
+# each source of a provider in an outage held a worker for the whole budget, and
+# 100 such sources starved every healthy one for minutes (docs/performance.md).
+FIRST_FAILURE_RETRY_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +158,17 @@ class WorkerPool:
         allow_mass_disappear: bool = False,
     ) -> RunResult:
         metrics = self._metrics
+        policy = self._settings.http
+        if reschedule and not lease.failing:
+            budget = min(policy.retry_budget, FIRST_FAILURE_RETRY_SECONDS)
+            policy = replace(policy, retry_budget=budget)
         try:
             result = sync_leased(
                 self._engine,
                 source,
                 lease,
                 rules=self._settings.rules,
-                policy=self._settings.http,
+                policy=policy,
                 reschedule=reschedule,
                 allow_mass_disappear=allow_mass_disappear,
             )
@@ -239,7 +251,8 @@ class Feeder:
 
     Sources whose last run failed get at most half the workers (and at least one):
     a provider in an outage retries for minutes, and must not hold every worker while
-    healthy sources fall due.
+    healthy sources fall due. (A source that was healthy retries for at most
+    FIRST_FAILURE_RETRY_SECONDS before it counts as failing.)
     """
 
     def __init__(
