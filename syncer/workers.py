@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # share of the workers from its next due time on. Without it, the first failure of
 # each source of a provider in an outage held a worker for the whole budget, and
 # 100 such sources starved every healthy one for minutes (docs/performance.md).
-FIRST_FAILURE_RETRY_SECONDS = 10.0
+FIRST_FAILURE_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
