@@ -218,8 +218,14 @@ def _measure(
     syncer_path: str | None,
 ) -> dict[str, Any]:
     env = _environment(row, url, port, tmp, syncer_path)
+    # In a directory of its own: `python -m` puts the working directory first on the
+    # path, which would shadow --syncer-path with this checkout.
     subprocess.run(
-        [sys.executable, "-m", "syncer", "migrate"], env=env, check=True, capture_output=True
+        [sys.executable, "-m", "syncer", "migrate"],
+        env=env,
+        cwd=tmp,
+        check=True,
+        capture_output=True,
     )
     ports = [free_port() for _ in range(row.replicas)]
     peaks = Peaks()
@@ -267,6 +273,7 @@ def _replica(env: dict[str, str], port: int, log: Path) -> Iterator[int]:
         process = subprocess.Popen(
             [sys.executable, "-m", "syncer", "run", "--no-migrate"],
             env={**env, "SYNCER_HTTP_PORT": str(port)},
+            cwd=log.parent,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )

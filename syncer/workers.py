@@ -232,7 +232,11 @@ class WorkerPool:
         except SQLAlchemyError as error:
             log.warning("renewing leases failed: %s; will try again", describe_db_error(error))
             return
+        with self._lock:  # a sync that ended meanwhile released its lease: not lost
+            still_held = {held.lease for held in self._held.values()}
         for lost in (lease for lease in leases if lease.source not in renewed):
+            if lost not in still_held:
+                continue
             log.warning(
                 "source %s: its lease has passed to another process; this sync's listing "
                 "will not be applied",
