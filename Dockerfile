@@ -32,7 +32,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-dev --no-editable
 
 FROM base
-RUN useradd --system --create-home --no-log-init --uid 10001 --user-group syncer
+# A regular (not --system) account: system uids end at 999, and useradd warns otherwise.
+RUN useradd --create-home --no-log-init --uid 10001 --user-group syncer
 COPY --from=build /opt/syncer /opt/syncer
 ENV PATH=/opt/syncer/bin:$PATH \
     PYTHONUNBUFFERED=1 \

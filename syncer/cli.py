@@ -13,7 +13,7 @@ import stamina
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.alerts import TEST_MESSAGE
-from syncer.config import Settings, load_settings
+from syncer.config import Settings, load_database_settings, load_settings
 from syncer.db import outbox
 from syncer.db.engine import (
     CONTROL_CONNECTIONS,
@@ -86,8 +86,11 @@ def cli() -> None:
 
 @cli.command()
 def migrate() -> None:
-    """Migrate the database to the newest schema (alembic upgrade head)."""
-    with _engine(_settings()) as engine:
+    """Migrate the database to the newest schema (alembic upgrade head).
+
+    Reads only the database settings: provider keys and alert URLs are not needed.
+    """
+    with _engine(_settings(database_only=True)) as engine:
         upgrade_to_head(engine)
     click.echo("database schema is up to date")
 
@@ -358,8 +361,10 @@ def _print_report(report: Report, output_format: Format) -> None:
         print_report(engine, report, output_format, sys.stdout)
 
 
-def _settings(*, need_sources: bool = False, log_level: str | None = None) -> Settings:
-    settings = load_settings()
+def _settings(
+    *, need_sources: bool = False, log_level: str | None = None, database_only: bool = False
+) -> Settings:
+    settings = load_database_settings() if database_only else load_settings()
     configure_logging(settings.log_format, log_level or settings.log_level)
     stamina.instrumentation.set_on_retry_hooks([log_retry])
     if need_sources and not settings.sources:

@@ -135,9 +135,7 @@ def load_settings(
     Real environment variables win over the `.env` file, as with docker compose.
     """
     env = _Environment(environ if environ is not None else os.environ, env_file)
-    database_url = env.secret("SYNCER_DATABASE_URL") or env.secret("DATABASE_URL")
-    if database_url is not None:
-        _register_password(database_url)
+    database_url = _database_url(env)
     interval = env.duration("SYNCER_INTERVAL", 300.0)
     allow_insecure = env.flag("SYNCER_ALLOW_INSECURE_HTTP")
     sources = _env_sources(env, interval) + _toml_sources(env, interval)
@@ -172,6 +170,36 @@ def load_settings(
         log_format=env.choice("SYNCER_LOG_FORMAT", _LOG_FORMATS, default=None),
         log_level=env.choice("SYNCER_LOG_LEVEL", _LOG_LEVELS, default="INFO") or "INFO",
     )
+
+
+def load_database_settings(
+    environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
+) -> Settings:
+    """Only the settings that reaching the database needs, for `syncer migrate`.
+
+    No sources and no alert URLs are read: a migrate container is given the database
+    URL alone, and the keys' `*_FILE` settings in a shared `.env` name files it does
+    not have. Everything else is left at its default.
+    """
+    env = _Environment(environ if environ is not None else os.environ, env_file)
+    return Settings(
+        database_url=_database_url(env),
+        data_dir=Path(env.get("SYNCER_DATA_DIR") or platformdirs.user_data_dir("syncer")),
+        sources=(),
+        rules=SyncRules(),
+        http=HttpPolicy(),
+        lock_timeout=env.duration("SYNCER_LOCK_TIMEOUT", 30.0),
+        db_wait=_db_wait(env),
+        log_format=env.choice("SYNCER_LOG_FORMAT", _LOG_FORMATS, default=None),
+        log_level=env.choice("SYNCER_LOG_LEVEL", _LOG_LEVELS, default="INFO") or "INFO",
+    )
+
+
+def _database_url(env: _Environment) -> Secret | None:
+    url = env.secret("SYNCER_DATABASE_URL") or env.secret("DATABASE_URL")
+    if url is not None:
+        _register_password(url)
+    return url
 
 
 def _db_wait(env: _Environment) -> float:

