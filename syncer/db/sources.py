@@ -75,6 +75,7 @@ def first_due_offset(name: str, interval: float) -> float:
     return int.from_bytes(digest) / 2**64 * interval
 
 
+_SPREAD_PER_SOURCE = 1.0  # seconds
 _REGISTER = sa.text(
     """
     INSERT INTO sources AS s (name, provider, interval_seconds, next_due_at)
@@ -124,7 +125,12 @@ def register(conn: sa.Connection, sources: Sequence[SourceConfig]) -> list[str]:
             "names": [s.name for s in sources],
             "providers": [s.provider for s in sources],
             "intervals": [s.interval for s in sources],
-            "offsets": [first_due_offset(s.name, s.interval) for s in sources],
+            # Over the interval, or one second per source if that is shorter: a few
+            # sources start syncing soon, 1000 are spread over their whole interval.
+            "offsets": [
+                first_due_offset(s.name, min(s.interval, len(sources) * _SPREAD_PER_SOURCE))
+                for s in sources
+            ],
         },
     )
     retired = conn.execute(_RETIRE, {"names": [s.name for s in sources]}).scalars().all()
