@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from concurrent.futures import as_completed
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, NoReturn
@@ -15,6 +16,8 @@ from syncer.alerts import TEST_MESSAGE
 from syncer.config import Settings, load_database_settings, load_settings
 from syncer.db import outbox
 from syncer.db.engine import (
+    CONTROL_CONNECTIONS,
+    CONTROL_POOL_TIMEOUT,
     create_db_engine,
     database_url,
     describe_db_error,
@@ -26,9 +29,16 @@ from syncer.db.migrate import (
     schema_differences,
     upgrade_to_head,
 )
+from syncer.db.sources import process_owner
 from syncer.delivery import build_targets, dispatch_due, send_test
 from syncer.demo import run_demo
-from syncer.errors import ConfigError, DatabaseUnavailableError, ProviderError, SourceBusyError
+from syncer.errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    LeaseLostError,
+    ProviderError,
+    SourceBusyError,
+)
 from syncer.logs import configure_logging
 from syncer.model import EventKind, Outcome, StatusClass
 from syncer.providers import fetch_listing, registry
@@ -46,7 +56,7 @@ from syncer.reports import (
 from syncer.reports import options as report_options
 from syncer.retention import prune as prune_history
 from syncer.service import run_service
-from syncer.sync import sync_source
+from syncer.workers import WorkerPool
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -54,6 +64,7 @@ if TYPE_CHECKING:
 
     import sqlalchemy as sa
 
+    from syncer.config import SourceConfig
     from syncer.delivery import Target
     from syncer.model import Listing
 
@@ -107,25 +118,46 @@ def sync(source_names: tuple[str, ...], *, allow_mass_disappear: bool, no_migrat
     Exits 0 when every source is `ok`, 1 when any is not, 2 on bad usage or settings.
     """
     settings = _settings(need_sources=True)
-    sources = [settings.source(name) for name in source_names] or list(settings.sources)
-    all_ok = True
-    with _engine(settings, migrate=not no_migrate, require_head=True) as engine:
-        for source in sources:
-            try:
-                result = sync_source(
-                    engine,
-                    source,
-                    rules=settings.rules,
-                    policy=settings.http,
-                    allow_mass_disappear=allow_mass_disappear,
-                )
-            except SourceBusyError as error:
-                click.echo(f"{source.name}: busy: {error}")
-                all_ok = False
-                continue
-            click.echo(result.summary())
-            all_ok = all_ok and result.outcome is Outcome.OK
+    chosen = [settings.source(name) for name in source_names] or list(settings.sources)
+    workers = min(settings.workers, len(chosen))
+    # One connection per worker, one for renewing their leases.
+    with _engine(
+        settings, migrate=not no_migrate, require_head=True, pool_size=workers + 1
+    ) as engine:
+        all_ok = sync_now(engine, replace(settings, workers=workers), chosen, allow_mass_disappear)
     sys.exit(EXIT_OK if all_ok else EXIT_FAILED)
+
+
+def sync_now(
+    engine: sa.Engine,
+    settings: Settings,
+    chosen: list[SourceConfig],
+    allow_mass_disappear: bool,  # noqa: FBT001 - a command's flag, passed on
+) -> bool:
+    """One pass over `chosen`, SYNCER_WORKERS at a time; a line per source as it ends."""
+    pool = WorkerPool(settings, engine=engine, lease_engine=engine, owner=process_owner("sync"))
+    all_ok = True
+    try:
+        futures = {
+            pool.submit_now(source, allow_mass_disappear=allow_mass_disappear): source
+            for source in chosen
+        }
+        for future in as_completed(futures):
+            name = futures[future].name
+            try:
+                result = future.result()
+            except LeaseLostError as error:
+                click.echo(f"{name}: skipped: {error}")
+                all_ok = False
+            except SourceBusyError as error:
+                click.echo(f"{name}: busy: {error}")
+                all_ok = False
+            else:
+                click.echo(result.summary())
+                all_ok = all_ok and result.outcome is Outcome.OK
+    finally:
+        pool.close()
+    return all_ok
 
 
 @cli.command()
@@ -179,8 +211,21 @@ def run(*, no_migrate: bool) -> None:
     """Run the service: sync every source now and then every interval, until SIGTERM."""
     settings = _settings(need_sources=True)
     targets = build_targets(settings.alert_urls)
-    with _engine(settings, migrate=not no_migrate, require_head=True) as engine:
-        sys.exit(run_service(settings, engine, targets=targets))
+    with _engine(
+        settings, migrate=not no_migrate, require_head=True, pool_size=settings.workers
+    ) as engine:
+        control = create_db_engine(
+            database_url(settings),
+            lock_timeout=settings.lock_timeout,
+            pool_size=CONTROL_CONNECTIONS,
+            max_overflow=0,
+            pool_timeout=CONTROL_POOL_TIMEOUT,
+        )
+        try:
+            code = run_service(settings, engine, control_engine=control, targets=targets)
+        finally:
+            control.dispose()
+    sys.exit(code)
 
 
 @cli.command()
@@ -372,10 +417,13 @@ def _engine(
     migrate: bool = False,
     require_head: bool = False,
     check_schema: bool = True,
+    pool_size: int | None = None,
 ) -> Iterator[sa.Engine]:
     """The database, reachable and (unless `check_schema` is off) at a schema this
-    release knows; migrated first with `migrate`, at the newest with `require_head`."""
-    engine = create_db_engine(database_url(settings), lock_timeout=settings.lock_timeout)
+    release knows; migrated first with `migrate`, at the newest with `require_head`;
+    with `pool_size`, a fixed pool of that many connections."""
+    sizing = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 0}
+    engine = create_db_engine(database_url(settings), lock_timeout=settings.lock_timeout, **sizing)
     try:
         wait_for_database(engine, timeout=settings.db_wait)
         if migrate:

@@ -125,6 +125,8 @@ class Settings:
     http_host: str = "0.0.0.0"  # noqa: S104 - the service is meant to be scraped from outside its container
     http_port: int = 8080
     lock_timeout: float = 30.0
+    workers: int = 8  # sources one process syncs at a time
+    lease_timeout: float = 60.0  # a dead replica's sources are taken over after this
     db_wait: float = 60.0  # 0: the first failed connection is final
     log_format: str | None = None  # None: console on a terminal, else json
     log_level: str = "INFO"
@@ -185,6 +187,8 @@ def load_settings(
         http_host=env.get("SYNCER_HTTP_HOST") or "0.0.0.0",  # noqa: S104 - see Settings
         http_port=env.integer("SYNCER_HTTP_PORT", 8080, minimum=0, maximum=65535),
         lock_timeout=env.duration("SYNCER_LOCK_TIMEOUT", 30.0),
+        workers=env.integer("SYNCER_WORKERS", 8, minimum=1, maximum=256),
+        lease_timeout=env.duration("SYNCER_LEASE_TIMEOUT", 60.0),
         db_wait=_db_wait(env),
         log_format=env.choice("SYNCER_LOG_FORMAT", _LOG_FORMATS, default=None),
         log_level=env.choice("SYNCER_LOG_LEVEL", _LOG_LEVELS, default="INFO") or "INFO",

@@ -8,7 +8,9 @@
     │   │                           a cut-off body): retried within the sync's budget
     │   └── FatalProviderError      will not succeed by retrying (bad key, quota,
     │                               4xx, a response that breaks the protocol)
-    ├── SourceBusyError             another process is syncing the same source
+    ├── SourceBusyError             another process holds the source's lease: try later
+    │   └── LeaseLostError          the lease passed to another process during the
+    │                               fetch: the listing was not applied (nothing changed)
     └── DatabaseUnavailableError    PostgreSQL cannot be reached or refused us
 
 Messages name the source and the cause and never contain an API key: they are
@@ -43,7 +45,14 @@ class FatalProviderError(ProviderError):
 
 
 class SourceBusyError(SyncerError):
-    """Another sync of this source (maybe in another replica) holds its lock."""
+    """Another sync of this source (maybe in another replica) holds its lease."""
+
+
+class LeaseLostError(SourceBusyError):
+    """The source's lease expired and was taken over while this sync fetched.
+
+    The other holder syncs the source; this listing is dropped unapplied.
+    """
 
 
 class DatabaseUnavailableError(SyncerError):

@@ -13,14 +13,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 from syncer.db import outbox
 from syncer.db.engine import describe_db_error
-from syncer.db.schema import sync_runs
+from syncer.db.sources import schedules as read_schedules
 from syncer.model import EventKind, Outcome, StatusClass
 
 if TYPE_CHECKING:
@@ -32,13 +32,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SCRAPE_STATEMENT_TIMEOUT = "5s"
-_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
+# Why a due sync did not run or could not record its run (syncer_sync_skipped_total):
+# its lease passed to another replica during the fetch (the listing was dropped); even
+# its failed run could not be written (the database was away); a bug.
+SKIP_REASONS = ("lease_lost", "unrecorded", "error")
+# Few buckets and no `_created` series: with 1000 sources every line per source is
+# 1000 lines of every scrape (docs/performance.md, "The scheduler").
+_DURATION_BUCKETS = (0.25, 1, 5, 30, 120, float("inf"))
 
 
 class Metrics:
     """The metrics `syncer run` serves on /metrics."""
 
     def __init__(self, engine: sa.Engine, sources: Sequence[SourceConfig]) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call] # untyped in prometheus_client
         self.registry = CollectorRegistry()
         self._sync_runs = Counter(
             "syncer_sync_runs",
@@ -59,8 +66,16 @@ class Metrics:
             ["source", "kind"],
             registry=self.registry,
         )
+        self._sync_skipped = Counter(
+            "syncer_sync_skipped",
+            "Due syncs that did not run or could not record their run, by reason.",
+            ["source", "reason"],
+            registry=self.registry,
+        )
         # Every series exists from the start at 0, so rate() and absent() behave.
         for source in sources:
+            for reason in SKIP_REASONS:
+                self._sync_skipped.labels(source.name, reason)
             for outcome in Outcome:
                 self._sync_runs.labels(source.name, outcome.value)
             for kind in EventKind:
@@ -76,9 +91,9 @@ class Metrics:
             if count:
                 self._file_events.labels(result.source, kind.value).inc(count)
 
-    def record_unfinished_run(self, source: str) -> None:
-        """A sync that could not even record itself (the database was unavailable)."""
-        self._sync_runs.labels(source, Outcome.FAILED.value).inc()
+    def record_skipped(self, source: str, reason: str) -> None:
+        """A due sync that did not run, or ran and could not be recorded (SKIP_REASONS)."""
+        self._sync_skipped.labels(source, reason).inc()
 
 
 class DatabaseCollector(Collector):
@@ -123,7 +138,8 @@ class DatabaseCollector(Collector):
                     "SELECT source, provider, status_class, files, bytes FROM inventory_summary"
                 )
             ).all()
-            last_ok = {source.name: _last_ok(conn, source.name) for source in self._sources}
+            last_ok = _last_ok(conn, [source.name for source in self._sources])
+            schedules = read_schedules(conn)
             alert_counts = outbox.count_by_state(conn)
             oldest_pending = outbox.oldest_pending_created_at(conn)
         yield from _inventory_gauges(inventory, self._sources)
@@ -132,10 +148,18 @@ class DatabaseCollector(Collector):
             "When the source's last `ok` sync finished (Unix time).",
             labels=["source"],
         )
-        for name, finished_at in last_ok.items():
-            if finished_at is not None:
-                success.add_metric([name], finished_at.timestamp())
+        for name, finished_at in last_ok:
+            success.add_metric([name], finished_at.timestamp())
         yield success
+        lag = GaugeMetricFamily(
+            "syncer_source_lag_seconds",
+            "How far past its due time a source is (0 when not due yet); a sync in "
+            "progress counts as late until it is written.",
+            labels=["source"],
+        )
+        for schedule in schedules:
+            lag.add_metric([schedule.name], schedule.lag_seconds)
+        yield lag
         alerts = GaugeMetricFamily(
             "syncer_alerts", "Alerts in the outbox, by state.", labels=["state"]
         )
@@ -152,15 +176,24 @@ class DatabaseCollector(Collector):
         yield age
 
 
-def _last_ok(conn: sa.Connection, source: str) -> datetime | None:
-    # Newest first along the (source, id) index: stops at the first ok run.
-    finished_at: datetime | None = conn.execute(
-        sa.select(sync_runs.c.finished_at)
-        .where(sync_runs.c.source == source, sync_runs.c.outcome == Outcome.OK.value)
-        .order_by(sync_runs.c.id.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-    return finished_at
+# One statement for every source: per source, newest first along the (source, id)
+# index, stopping at its first ok run.
+_LAST_OK = sa.text(
+    """
+    SELECT wanted.source, last.finished_at
+    FROM unnest(CAST(:sources AS text[])) AS wanted (source)
+    CROSS JOIN LATERAL (
+        SELECT finished_at FROM sync_runs
+        WHERE sync_runs.source = wanted.source AND outcome = 'ok'
+        ORDER BY id DESC LIMIT 1
+    ) AS last
+    """
+)
+
+
+def _last_ok(conn: sa.Connection, names: Sequence[str]) -> list[tuple[str, datetime]]:
+    rows = conn.execute(_LAST_OK, {"sources": list(names)})
+    return [(row.source, row.finished_at) for row in rows if row.finished_at is not None]
 
 
 def _inventory_gauges(

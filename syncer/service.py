@@ -15,13 +15,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
+from syncer.db import sources
 from syncer.db.engine import describe_db_error
 from syncer.delivery import dispatch_due
-from syncer.errors import ConfigError, DatabaseUnavailableError, SourceBusyError
+from syncer.errors import ConfigError
 from syncer.metrics import Metrics
 from syncer.retention import prune
-from syncer.sync import sync_source
 from syncer.web import HttpServer, make_app
+from syncer.web import HttpServer, make_app
+from syncer.workers import Feeder, WorkerPool
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,47 +35,70 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MAX_JITTER_SECONDS = 30.0
 HEARTBEAT_SECONDS = 5.0
-PRUNE_SECONDS = 3600.0
+# Retention runs hourly, at a time of each replica's own (the advisory lock makes the
+# others' passes no-ops anyway).
+PRUNE_SECONDS, PRUNE_JITTER_SECONDS = 3600.0, 300.0
+# The claim job, the heartbeat, the alert dispatcher, and one spare.
+_SCHEDULER_THREADS = 4
+# Besides these ticks, every finished sync looks for more due work at once.
+_FEED_MIN_SECONDS, _FEED_MAX_SECONDS = 0.1, 1.0
 
 
 def run_service(
     settings: Settings,
     engine: sa.Engine,
     *,
+    control_engine: sa.Engine | None = None,
     targets: Sequence[Target] = (),
     stop: threading.Event | None = None,
 ) -> int:
-    """Sync every source at once and then every interval until stopped; returns 0.
+    """Sync every source when it is due until stopped; returns 0.
 
+    The configured sources are registered in the `sources` table (those no longer
+    configured are retired); an APScheduler job claims due ones for at most
+    SYNCER_WORKERS workers, sharing them with any other replica on the database.
     Alongside: the alert dispatcher (when targets are configured), a heartbeat that
-    /healthz checks, and the HTTP server (unless SYNCER_HTTP_PORT is 0). A sync in
-    progress when the stop signal arrives is allowed to finish (it is bounded by the
-    retry budget), so no listing is ever half-applied.
+    /healthz checks, and the HTTP server (unless SYNCER_HTTP_PORT is 0). `engine`
+    serves the syncs; `control_engine` (default: `engine`) the claims, the endpoints
+    and the dispatcher, which must never wait behind syncs (db.engine.service_engines).
+    Syncs in progress when the stop signal arrives are allowed to finish (each within
+    its bound) and release their leases, so no listing is ever half-applied.
     """
     stop = stop or threading.Event()
-    metrics = Metrics(engine, settings.sources)
+    control = control_engine or engine
+    with control.begin() as conn:
+        retired = sources.register(conn, settings.sources)
+    if retired:
+        log.info("retired sources no longer configured (rows and history stay): %s", retired)
+    metrics = Metrics(control, settings.sources)
     heartbeat = Heartbeat()
-    # One thread per source, one for the dispatcher, one for the heartbeat: a slow
-    # sync never starves the heartbeat and so never makes /healthz lie.
+    feeder: Feeder | None = None
+    pool = WorkerPool(
+        settings,
+        engine=engine,
+        lease_engine=control,
+        owner=sources.process_owner("run"),
+        metrics=metrics,
+        on_idle=lambda: feeder.feed() if feeder else None,
+    )
+    feeder = Feeder(control, pool, settings.sources, lease_seconds=settings.lease_timeout)
+    # The syncs run on the pool's threads; the scheduler's own only claim work, beat
+    # and deliver alerts, so a slow sync never starves the heartbeat and never makes
+    # /healthz lie.
     scheduler = BackgroundScheduler(
         timezone=UTC,
-        executors={"default": ThreadPoolExecutor(len(settings.sources) + 2)},
+        executors={"default": ThreadPoolExecutor(_SCHEDULER_THREADS)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
     )
     now = datetime.now(UTC)
-    for source in settings.sources:
-        scheduler.add_job(
-            _sync_job,
-            IntervalTrigger(
-                seconds=source.interval, jitter=min(source.interval / 10, _MAX_JITTER_SECONDS)
-            ),
-            args=(engine, settings, source, metrics),
-            id=f"sync:{source.name}",
-            name=f"sync {source.name}",
-            next_run_time=now,
-        )
+    scheduler.add_job(
+        feeder.feed,
+        IntervalTrigger(seconds=feed_seconds(settings.sources)),
+        id="sync:claim",
+        name="claim due sources",
+        next_run_time=now,
+    )
     scheduler.add_job(
         heartbeat.beat,
         IntervalTrigger(seconds=HEARTBEAT_SECONDS),
@@ -84,7 +109,7 @@ def run_service(
         scheduler.add_job(
             _dispatch_job,
             IntervalTrigger(seconds=settings.alerts.dispatch_interval),
-            args=(engine, targets, settings.alerts),
+            args=(control, targets, settings.alerts),
             id="alerts:dispatch",
             name="deliver alerts",
             next_run_time=now,
@@ -94,30 +119,44 @@ def run_service(
             "SYNCER_ALERT_URLS is not set: alerts are recorded in the alerts table "
             "but delivered to no one"
         )
-    # Retention, hourly, on a thread of its own so that it never delays a sync.
+    # Retention, hourly, on a thread of its own so that it never delays a sync; on the
+    # control engine, so that it never takes a sync's connection.
     scheduler.add_executor(ThreadPoolExecutor(1), "maintenance")
     scheduler.add_job(
         _prune_job,
-        IntervalTrigger(seconds=PRUNE_SECONDS, jitter=_MAX_JITTER_SECONDS),
-        args=(engine, settings),
+        IntervalTrigger(seconds=PRUNE_SECONDS, jitter=PRUNE_JITTER_SECONDS),
+        args=(control, settings),
         id="prune",
         name="prune history",
         executor="maintenance",
     )
-    server = _serve_http(settings, engine, metrics, heartbeat, scheduler)
+    server = _serve_http(settings, control, metrics, heartbeat, scheduler)
     _stop_on_signals(stop)
     scheduler.start()
-    log.info("syncer is running: %s", ", ".join(s.name for s in settings.sources))
+    log.info(
+        "syncer is running with %d workers as %s: %s",
+        settings.workers,
+        pool.owner,
+        ", ".join(s.name for s in settings.sources),
+    )
     try:
         while not stop.wait(1.0):
             pass
         log.info("stopping: waiting for running syncs to finish")
+        feeder.stopped = True
         scheduler.shutdown(wait=True)
+        pool.close()
     finally:
         if server is not None:
             server.close()
     log.info("stopped")
     return 0
+
+
+def feed_seconds(configured: Sequence[SourceConfig]) -> float:
+    """How often to look for due sources: often enough for the shortest interval."""
+    shortest = min((source.interval for source in configured), default=_FEED_MAX_SECONDS)
+    return min(_FEED_MAX_SECONDS, max(_FEED_MIN_SECONDS, shortest / 4))
 
 
 class Heartbeat:
@@ -171,24 +210,6 @@ def _serve_http(
         ) from None
     log.info("serving /healthz, /readyz and /metrics on %s:%d", settings.http_host, server.port)
     return server
-
-
-def _sync_job(
-    engine: sa.Engine, settings: Settings, source: SourceConfig, metrics: Metrics
-) -> None:
-    """One scheduled sync. Never raises: a failing source must not stop the others."""
-    try:
-        result = sync_source(engine, source, rules=settings.rules, policy=settings.http)
-    except SourceBusyError as error:
-        log.info("%s; skipping this tick", error)
-    except DatabaseUnavailableError as error:
-        metrics.record_unfinished_run(source.name)
-        log.error("%s; will try again next interval", error)  # noqa: TRY400 - the cause is in the message
-    except Exception:  # the scheduler must survive even a bug in one sync
-        metrics.record_unfinished_run(source.name)
-        log.exception("source %s: unexpected error; will try again next interval", source.name)
-    else:
-        metrics.record_run(result)
 
 
 def _dispatch_job(engine: sa.Engine, targets: Sequence[Target], policy: AlertPolicy) -> None:

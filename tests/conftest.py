@@ -26,7 +26,7 @@ from syncer.simulator import DEFAULT_ACCOUNTS, Simulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
-TABLES = ("file_events", "alerts", "files", "sync_runs")
+TABLES = ("file_events", "alerts", "files", "sync_runs", "sources")
 
 
 def _admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:

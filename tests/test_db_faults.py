@@ -33,7 +33,6 @@ from receiver import Receiver
 from test_alerting_e2e import free_port, get, scrape
 from test_cli import count_runs, present_ids, query, syncer, wait_for
 
-from syncer.db import store
 from syncer.db.engine import create_db_engine
 from syncer.db.migrate import upgrade_to_head
 from syncer.redaction import Secret
@@ -190,7 +189,14 @@ def test_the_database_dying_inside_a_sync_transaction(
     """The server crashes while a sync waits inside its transaction: the sync reports a
     failure and exits, nothing of it is left, and the next sync applies the listing once."""
     url = private_server.url("syncer")
-    env = {**env, "SYNCER_DATABASE_URL": url, "SYNCER_LOCK_TIMEOUT": "120", "SYNCER_DB_WAIT": "0"}
+    # The dying sync cannot release its lease: the next one waits for it to expire.
+    env = {
+        **env,
+        "SYNCER_DATABASE_URL": url,
+        "SYNCER_LOCK_TIMEOUT": "120",
+        "SYNCER_DB_WAIT": "0",
+        "SYNCER_LEASE_TIMEOUT": "2",
+    }
     simulator.add_files("moonshot", 4, status="processing")
     assert syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path).returncode == 0
     before = snapshot(private_engine)
@@ -244,7 +250,13 @@ def test_a_sync_killed_mid_transaction_leaves_the_previous_state(
     deterministically inside its transaction (run, file rows and, for `alerts`, the
     events written) when it is killed with SIGKILL.
     """
-    env = {**env, "SYNCER_DATABASE_URL": own_database, "SYNCER_LOCK_TIMEOUT": "120"}
+    # The killed sync's lease stays until it expires: the next sync waits that long.
+    env = {
+        **env,
+        "SYNCER_DATABASE_URL": own_database,
+        "SYNCER_LOCK_TIMEOUT": "120",
+        "SYNCER_LEASE_TIMEOUT": "2",
+    }
     simulator.add_files("moonshot", 4, status="processing")
     first = syncer("sync", "--source", "moonshot", env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -330,22 +342,41 @@ def test_every_connection_has_bounded_waits(own_database):
     }
 
 
-def test_sync_gives_up_on_a_held_source_lock(own_database, own_engine, env, simulator, tmp_path):
+def take_lease(engine, source: str, owner: str = "run:stuck:1:abc") -> None:
+    """What a stuck process would hold: the source's lease, for an hour."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO sources (name, provider, interval_seconds, next_due_at)"
+                " VALUES (:s, 'moonshot', 1, now()) ON CONFLICT (name) DO NOTHING"
+            ),
+            {"s": source},
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE sources SET lease_owner = :owner, lease_token = lease_token + 1,"
+                " lease_expires_at = now() + interval '1 hour' WHERE name = :s"
+            ),
+            {"s": source, "owner": owner},
+        )
+
+
+def test_sync_gives_up_on_a_held_source_lease(own_database, own_engine, env, simulator, tmp_path):
     env = {**env, "SYNCER_DATABASE_URL": own_database, "SYNCER_LOCK_TIMEOUT": "2"}
     simulator.add_files("moonshot", 2)
     simulator.add_files("siliconflow", 2)
-    with own_engine.connect() as conn, store.source_lock(conn, "moonshot"):  # a stuck sync
-        started = time.monotonic()
-        result = syncer("sync", env=env, cwd=tmp_path)
-        took = time.monotonic() - started
+    take_lease(own_engine, "moonshot")  # a stuck sync
+    started = time.monotonic()
+    result = syncer("sync", env=env, cwd=tmp_path)
+    took = time.monotonic() - started
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert (
         "moonshot: busy: source 'moonshot': another sync of this source is still running"
-        in result.stdout
+        " (leased by run:stuck:1:abc until" in result.stdout
     )
     assert "siliconflow: ok" in result.stdout  # the other source is not held up
-    assert took < 30  # the 2 s lock timeout, plus starting Python on a loaded machine
+    assert took < 30  # the 2 s wait, plus starting Python on a loaded machine
     assert present_ids(own_engine, "moonshot") == set()
     assert count_runs(own_engine, "moonshot") == 0  # a busy source is not a failed run
 
@@ -374,18 +405,27 @@ def test_sync_gives_up_on_a_locked_table(own_database, own_engine, env, simulato
 
 
 @contextmanager
-def hold(conn: sa.Connection, what: str) -> Iterator[None]:
-    """What a stuck process would hold: a sync's source lock, or a lock on `files`."""
-    if what == "source lock":
-        with store.source_lock(conn, "moonshot"):
+def hold(engine: sa.Engine, what: str) -> Iterator[None]:
+    """What a stuck process would hold: a sync's source lease, or a lock on `files`."""
+    if what == "source lease":
+        take_lease(engine, "moonshot")
+        try:
             yield
+        finally:  # as when the lease expires
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        "UPDATE sources SET lease_expires_at = now() - interval '1 second'"
+                        " WHERE name = 'moonshot'"
+                    )
+                )
     else:
-        with conn.begin():
+        with engine.connect() as conn, conn.begin():
             conn.execute(sa.text("LOCK TABLE files IN ACCESS EXCLUSIVE MODE"))
             yield
 
 
-@pytest.mark.parametrize("held", ["source lock", "files table"])
+@pytest.mark.parametrize("held", ["source lease", "files table"])
 def test_run_keeps_going_past_a_stuck_lock(
     own_database, own_engine, env, simulator, tmp_path, held
 ):
@@ -400,20 +440,24 @@ def test_run_keeps_going_past_a_stuck_lock(
     service = LoggedService(service_env, tmp_path, tmp_path / "service.log")
     try:
         wait_for(lambda: in_sync_with(own_engine, simulator, "moonshot"), service.process)
-        with own_engine.connect() as conn, hold(conn, held):
+        with hold(own_engine, held):
             simulator.add_file("moonshot", status="error")
             time.sleep(4 * INTERVAL)  # several ticks run into the lock
             alive = get(service_env, "/healthz")
             ready = get(service_env, "/readyz")
             metrics = get(service_env, "/metrics")
+            if held == "source lease":  # a scrape reads `files`, locked in the other case
+                lag = scrape(service_env)["syncer_source_lag_seconds", (("source", "moonshot"),)]
             assert service.alive()
         wait_for(lambda: in_sync_with(own_engine, simulator, "moonshot"), service.process)
     finally:
         stderr = service.stop()
 
     assert (alive.status_code, ready.status_code, metrics.status_code) == (200, 200, 200)
-    if held == "source lock":
-        assert "another sync of this source is still running; skipping this tick" in stderr
+    if held == "source lease":
+        # The service never waits for a leased source: it is not claimed, and shows late.
+        assert lag >= 2 * INTERVAL
+        assert count_runs(own_engine, "moonshot", outcome="failed") == 0
     else:
         assert count_runs(own_engine, "moonshot", outcome="failed") >= 1
         errors = query(own_engine, "SELECT error FROM sync_runs WHERE outcome = 'failed'")

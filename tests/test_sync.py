@@ -7,6 +7,7 @@ httpx.MockTransport; the end-to-end tests run the same against the simulator.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -16,9 +17,10 @@ import sqlalchemy as sa
 from conftest import make_source
 from fakes import ScriptedMoonshot
 
-from syncer.errors import SourceBusyError
+from syncer.db import sources
+from syncer.errors import LeaseLostError, SourceBusyError
 from syncer.model import Outcome
-from syncer.sync import sync_source
+from syncer.sync import sync_leased, sync_source
 
 KEY = "sk-sync-test-key-0123456789abcdef"
 
@@ -288,26 +290,57 @@ def test_a_failure_while_writing_rolls_the_whole_sync_back(engine, run, fake):
 
 
 def test_a_busy_source_is_refused_and_nothing_is_written(engine, rules, policy, fake):
-    """Guarantee 4: while another process holds the source's lock, nothing is written."""
+    """Guarantee 4: while another process holds the source's lease, nothing is written,
+    and the refusal names the holder."""
     fake.add("a")
-    with engine.connect() as other:
-        other.execute(
-            sa.text("SELECT pg_advisory_lock(hashtextextended('syncer.source:' || 'kimi', 0))")
+    source = make_source("kimi", "moonshot", "https://api.moonshot.test/v1", KEY)
+    with engine.begin() as conn:
+        held = sources.acquire(conn, source, "run:other-host:42:abc", lease_seconds=60)
+    assert isinstance(held, sources.Lease)
+    started = time.monotonic()
+    with pytest.raises(SourceBusyError, match=r"'kimi'.*leased by run:other-host:42:abc"):
+        sync_source(
+            engine,
+            source,
+            rules=rules,
+            policy=policy,
+            transport=httpx.MockTransport(fake.handler),
+            wait=0.5,
         )
-        other.commit()
-        busy_engine = sa.create_engine(engine.url, connect_args={"options": "-c lock_timeout=200"})
-        try:
-            with pytest.raises(SourceBusyError, match="kimi"):
-                sync_source(
-                    busy_engine,
-                    make_source("kimi", "moonshot", "https://api.moonshot.test/v1", KEY),
-                    rules=rules,
-                    policy=policy,
-                    transport=httpx.MockTransport(fake.handler),
-                )
-        finally:
-            busy_engine.dispose()
+    assert time.monotonic() - started < 5
     assert rows(engine, "SELECT count(*) AS n FROM sync_runs")[0]["n"] == 0
+
+
+def test_a_listing_fetched_under_a_lost_lease_is_never_applied(engine, rules, policy, fake):
+    """Guarantee 4 with leases: the lease expires during the fetch and another process
+    takes the source over; the late listing is dropped, and the new holder's counts."""
+    fake.add("a")
+    source = make_source("kimi", "moonshot", "https://api.moonshot.test/v1", KEY)
+    with engine.begin() as conn:
+        lease = sources.acquire(conn, source, "run:slow:1:aaa", lease_seconds=0.01)
+    assert isinstance(lease, sources.Lease)
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        time.sleep(0.05)  # the lease expires meanwhile, and another process takes it
+        with engine.begin() as conn:
+            taken = sources.acquire(conn, source, "run:fast:2:bbb", lease_seconds=60)
+        assert isinstance(taken, sources.Lease)
+        return fake.handler(request)
+
+    with pytest.raises(LeaseLostError, match="not applied"):
+        sync_leased(
+            engine,
+            source,
+            lease,
+            rules=rules,
+            policy=policy,
+            reschedule=True,
+            transport=httpx.MockTransport(provider),
+        )
+    assert rows(engine, "SELECT count(*) AS n FROM sync_runs")[0]["n"] == 0
+    assert events(engine) == []
+    (row,) = rows(engine, "SELECT lease_owner, lease_token FROM sources")
+    assert row == {"lease_owner": "run:fast:2:bbb", "lease_token": 2}
 
 
 def test_concurrent_syncs_of_one_source_record_each_event_once(engine, run, fake):

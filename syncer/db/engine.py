@@ -46,7 +46,14 @@ def normalize_url(url: str) -> str:
     )
 
 
-def create_db_engine(url: Secret, *, lock_timeout: float) -> sa.Engine:
+def create_db_engine(
+    url: Secret,
+    *,
+    lock_timeout: float,
+    pool_size: int = 2,
+    max_overflow: int = 4,
+    pool_timeout: float = 30.0,
+) -> sa.Engine:
     """An engine whose every connection has bounded lock and statement waits."""
     options = " ".join(
         [
@@ -58,8 +65,9 @@ def create_db_engine(url: Secret, *, lock_timeout: float) -> sa.Engine:
     return sa.create_engine(
         normalize_url(url.reveal()),
         pool_pre_ping=True,
-        pool_size=2,
-        max_overflow=4,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
         # Errors would otherwise quote the statement's parameters: listed data, which
         # can be huge.
         hide_parameters=True,
@@ -69,6 +77,17 @@ def create_db_engine(url: Secret, *, lock_timeout: float) -> sa.Engine:
             "options": options,
         },
     )
+
+
+# `syncer run` has two engines: one for the syncs, sized SYNCER_WORKERS (each sync uses
+# one connection at a time and none while a provider is asked), and this "control"
+# one, reserved for /metrics, /readyz, the alert dispatcher and the scheduler's claims
+# and lease renewals, so that none of them ever waits behind syncs, plus one for the
+# hourly retention pass, which holds its connection for a while. A wait there is short
+# and bounded: a scrape answers rather than hang. At most workers + 5 in all, and
+# workers + 4 outside a retention pass.
+CONTROL_CONNECTIONS = 5
+CONTROL_POOL_TIMEOUT = 5.0
 
 
 class _DatabaseNotReadyError(Exception):

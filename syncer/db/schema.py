@@ -14,6 +14,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Double,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -222,4 +223,24 @@ pruned_history = Table(
     Column("relation", Text, primary_key=True),
     _timestamp("pruned_before"),
     _timestamp("pruned_at"),
+)
+
+# The schedule and the lease of each source (syncer.db.sources). A sync is serialized
+# by its lease, not by a database connection held through the fetch: `lease_token`
+# grows with every lease taken and is checked again in the write transaction.
+sources = Table(
+    "sources",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("interval_seconds", Float, nullable=False),
+    _timestamp("next_due_at"),
+    Column("lease_owner", Text, nullable=True),
+    _timestamp("lease_expires_at", nullable=True),
+    Column("lease_token", BigInteger, nullable=False, server_default=text("0")),
+    # Internal: consecutive failed runs; failing sources get a bounded share of workers.
+    _counter("failures"),
+    _timestamp("retired_at", nullable=True),
+    CheckConstraint("interval_seconds > 0", name="interval"),
+    Index("ix_sources_due", "next_due_at", postgresql_where=text("retired_at IS NULL")),
 )

@@ -21,12 +21,10 @@ import sqlalchemy as sa
 from psycopg import sql
 from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import OperationalError
 
 from syncer.bulk import gc_paused
 from syncer.db.schema import file_events, files, sync_runs
 from syncer.diff import StoredFile, StoredState
-from syncer.errors import SourceBusyError
 from syncer.model import EventKind, Outcome
 
 if TYPE_CHECKING:
@@ -36,8 +34,6 @@ if TYPE_CHECKING:
     from syncer.diff import Plan
     from syncer.model import ListedFile, Listing
 
-_LOCK_KEY = sa.func.hashtextextended(sa.literal("syncer.source:") + sa.bindparam("source"), 0)
-_LOCK_NOT_AVAILABLE = "55P03"
 # Columns an upsert never overwrites: the key, and when the file was first seen.
 _SET_ONCE_COLUMNS = frozenset({"source", "file_id", "provider", "first_seen_at"})
 
@@ -135,34 +131,6 @@ class RunRecord:
     files_listed: int = 0
     items_skipped: int = 0
     error: str | None = None
-
-
-@contextmanager
-def source_lock(conn: sa.Connection, source: str) -> Iterator[None]:
-    """Hold the source's advisory lock: one sync of a source at a time, across replicas.
-
-    A session lock rather than a transaction lock, because it must also cover the
-    listing fetch that happens before the write transaction: two processes that
-    fetched in parallel could otherwise apply an older listing over a newer one. The
-    wait is bounded by the connection's `lock_timeout`.
-    """
-    try:
-        conn.execute(sa.select(sa.func.pg_advisory_lock(_LOCK_KEY)), {"source": source})
-    except OperationalError as error:
-        if getattr(error.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
-            conn.rollback()
-            raise SourceBusyError(
-                f"source {source!r}: another sync of this source is still running"
-            ) from None
-        raise
-    conn.commit()
-    try:
-        yield
-    finally:
-        if not conn.closed and not conn.invalidated:
-            conn.rollback()
-            conn.execute(sa.select(sa.func.pg_advisory_unlock(_LOCK_KEY)), {"source": source})
-            conn.commit()
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +238,7 @@ def apply_plan(conn: sa.Connection, plan: Plan, run: RunRecord, *, observed_at: 
             known = [file for file in plan.upserts if file.file_id not in appeared]
             if new:
                 # Not in the stored state read in this transaction, under the source's
-                # lock: a plain insert. Should one exist after all, the COPY fails and
+                # lease: a plain insert. Should one exist after all, the COPY fails and
                 # the whole sync rolls back.
                 _copy(cursor, files.name, _FILE_COLUMNS, _file_rows(run, new, observed_at))
             if known:
