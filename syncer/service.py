@@ -22,7 +22,6 @@ from syncer.errors import ConfigError
 from syncer.metrics import Metrics
 from syncer.retention import prune
 from syncer.web import HttpServer, make_app
-from syncer.web import HttpServer, make_app
 from syncer.workers import Feeder, WorkerPool
 
 if TYPE_CHECKING:

@@ -133,7 +133,9 @@ def test_two_replicas_share_one_database(engine, env, simulator, tmp_path):
         assert {a["state"] for a in alerts} == {"sent"}
     for output in outputs:
         no_deadlock(output)
-        assert '"outcome": "ok"' in output  # both replicas took part
+    # Which replica syncs a source is up to whoever claims it first: one may take every
+    # tick (tests/test_scheduling.py shows the sharing itself, once per interval).
+    assert any('"outcome": "ok"' in output for output in outputs)
     runs = query(engine, "SELECT outcome FROM sync_runs")
     assert {r["outcome"] for r in runs} == {"ok"}
 
