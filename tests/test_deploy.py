@@ -9,6 +9,7 @@ it; and the README's Deploy section is held to the files.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -368,7 +369,13 @@ def test_container_lifecycle_migrate_run_sigterm_mid_sync_and_restart(
     """
     url = databases.create()
     (tmp_path / "secrets" / "database_url").write_text(url)
-    env = {**container_env, "SYNCER_DATABASE_URL_FILE": str(tmp_path / "secrets" / "database_url")}
+    env = {
+        **container_env,
+        "SYNCER_DATABASE_URL_FILE": str(tmp_path / "secrets" / "database_url"),
+        # A restarted service keeps each source's schedule (no burst of syncs after a
+        # restart): a short interval makes the next start's sync come within seconds.
+        "SYNCER_INTERVAL": "3",
+    }
     grace = _compose_seconds(services["syncer"]["stop_grace_period"])
     simulator.add_files("moonshot", 12, status="processing")
     engine = create_db_engine(Secret(url), lock_timeout=5)
@@ -406,10 +413,10 @@ def test_container_lifecycle_migrate_run_sigterm_mid_sync_and_restart(
         # Restarted once more: it syncs what changed while it was down.
         simulator.set_persistent_fault("moonshot", None)
         assert simulator.step("moonshot")
-        service = _start(image_install, env)
-        _wait_until(lambda: _present(engine) == _listed(simulator), service)
-        service.send_signal(signal.SIGTERM)
-        _, stderr = service.communicate(timeout=30)
+        with _running(image_install, env) as service:
+            _wait_until(lambda: _present(engine) == _listed(simulator), service)
+            service.send_signal(signal.SIGTERM)
+            _, stderr = service.communicate(timeout=30)
         assert service.returncode == 0, stderr
         assert "sk-sim-moonshot" not in stderr
         _assert_consistent(engine)
@@ -422,11 +429,11 @@ def _stop_mid_sync(
 ) -> None:
     """Start `syncer run --no-migrate`, SIGTERM it during its first sync, expect exit 0."""
     requests = simulator.request_count("moonshot")
-    service = _start(command, env)
-    _wait_until(lambda: simulator.request_count("moonshot") > requests, service)
-    stopped_at = time.monotonic()
-    service.send_signal(signal.SIGTERM)
-    _, stderr = service.communicate(timeout=min(grace, 60))
+    with _running(command, env) as service:
+        _wait_until(lambda: simulator.request_count("moonshot") > requests, service)
+        stopped_at = time.monotonic()
+        service.send_signal(signal.SIGTERM)
+        _, stderr = service.communicate(timeout=min(grace, 60))
     assert service.returncode == 0, stderr
     assert time.monotonic() - stopped_at < grace
     assert "received SIGTERM" in stderr
@@ -713,6 +720,18 @@ def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@contextlib.contextmanager
+def _running(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """`_start`, and a kill on the way out should the test fail before it stops it."""
+    service = _start(command, env)
+    try:
+        yield service
+    finally:
+        if service.poll() is None:
+            service.kill()
+        service.communicate()
 
 
 def _wait_until(condition, service: subprocess.Popen[str], timeout: float = 30) -> None:
