@@ -41,10 +41,16 @@ log = logging.getLogger(__name__)
 
 _PRUNE_LOCK = sa.text("SELECT pg_try_advisory_lock(hashtextextended('syncer.prune', 0))")
 _PRUNE_UNLOCK = sa.text("SELECT pg_advisory_unlock(hashtextextended('syncer.prune', 0))")
-# The same key as the sync's lock of a source (store.source_lock), as a transaction lock.
-_SOURCE_LOCK = sa.text(
-    "SELECT pg_try_advisory_xact_lock(hashtextextended('syncer.source:' || :source, 0))"
-)
+# A sync writes a source's files only while it holds the source's lease, and keeps its
+# `sources` row locked while it writes: a source that is leased, or whose row is locked,
+# is being synced. Locking the idle row here keeps a new claim off it until this batch
+# commits (claims skip locked rows).
+_IDLE_SOURCE = sa.text("""
+    SELECT lease_owner IS NULL OR lease_expires_at < now() AS idle
+    FROM sources WHERE name = :source
+    FOR UPDATE SKIP LOCKED
+""")
+_REGISTERED_SOURCE = sa.text("SELECT EXISTS (SELECT FROM sources WHERE name = :source)")
 
 # Every source with runs, by a loose index scan: one probe of the index per source.
 _SOURCES = sa.text("""
@@ -361,7 +367,7 @@ def _prune_events(
             with conn.begin():
                 # A sync of this source could bring one of these files back while
                 # they are deleted: skip the source (until the next pass) if it runs.
-                if not conn.execute(_SOURCE_LOCK, {"source": source}).scalar_one():
+                if not _source_idle(conn, source):
                     log.info("prune: source %s is syncing; its events wait", source)
                     break
                 batch = conn.execute(
@@ -373,6 +379,15 @@ def _prune_events(
             if batch.files < policy.batch:
                 break
     return files, events
+
+
+def _source_idle(conn: sa.Connection, source: str) -> bool:
+    """No sync of `source` runs now, and none can start until this transaction ends."""
+    row = conn.execute(_IDLE_SOURCE, {"source": source}).first()
+    if row is not None:
+        return bool(row.idle)
+    # Its row is locked by a sync's write, or it has none: then nothing can sync it.
+    return not conn.execute(_REGISTERED_SOURCE, {"source": source}).scalar_one()
 
 
 def _analyze(conn: sa.Connection, tables: Iterable[str]) -> None:

@@ -19,6 +19,7 @@ from test_reporting_docs import QUERIES
 from test_reporting_seed import rows
 
 from syncer.config import SourceConfig, SyncRules
+from syncer.db import sources
 from syncer.redaction import Secret
 from syncer.retention import RetentionPolicy, prune, prune_runs
 from syncer.simulator import Account, Fault, Simulator
@@ -383,6 +384,31 @@ def test_event_retention_drops_gone_files_and_files_as_of_refuses_earlier_times(
     assert rows(ledger, after_cutoff) == before
     with pytest.raises(sa.exc.DataError, match=r"events before .* were pruned"):
         rows(ledger, "SELECT * FROM files_as_of(now() - interval '20 days')")
+
+
+def test_event_retention_waits_while_the_source_is_being_synced(ledger, policy):
+    make_history(ledger, policy)
+    k3_events = rows(ledger, "SELECT count(*) FROM file_events WHERE file_id = 'k3'")[0][0]
+    retention = RetentionPolicy(runs=None, events=timedelta(days=14))
+    kimi = rows(ledger, "SELECT DISTINCT source FROM files WHERE file_id = 'k3'")[0][0]
+    with ledger.begin() as conn:
+        lease = sources.acquire(
+            conn,
+            SourceConfig(kimi, "moonshot", Secret("k"), "http://x"),
+            "test:sync",
+            lease_seconds=60,
+        )
+    assert isinstance(lease, sources.Lease)
+
+    # A sync holds the lease (it may be bringing k3 back): its files wait for a later pass.
+    assert prune(ledger, retention).files_removed == 0
+    assert rows(ledger, "SELECT count(*) FROM file_events WHERE file_id = 'k3'") == [(k3_events,)]
+
+    with ledger.begin() as conn:
+        assert sources.hold_for_write(conn, lease)
+        sources.release(conn, lease, failed=False, reschedule=False)
+    report = prune(ledger, retention)
+    assert (report.files_removed, report.events_removed) == (1, k3_events)
 
 
 def test_syncer_prune_says_what_it_rolled_up_and_removed(ledger, env, tmp_path):
