@@ -237,7 +237,7 @@ def prune() -> None:
     events; prints what it did. Another process pruning at the time makes it a no-op.
     """
     settings = _settings()
-    with _engine(settings) as engine:
+    with _engine(settings, require_head=True) as engine:
         report = prune_history(engine, settings.retention)
     click.echo(f"prune: {report.summary()}")
 
