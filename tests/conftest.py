@@ -96,7 +96,30 @@ def engine(database_url: str):
     with engine.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY"))
     yield engine
-    engine.dispose()
+    try:
+        assert_inventory_counts_match_files(engine)
+    finally:
+        engine.dispose()
+
+
+# What inventory_counts' triggers keep must be what adding up `files` gives, after
+# whatever any test did to `files` (syncs of every kind, retention, direct SQL).
+_COUNTED = "SELECT source, provider, status_class, files, bytes FROM inventory_summary"
+_ADDED_UP = (
+    "SELECT source, provider, status_class, count(*), coalesce(sum(bytes), 0)::bigint"
+    " FROM files WHERE deleted_at IS NULL GROUP BY source, provider, status_class"
+)
+_INVENTORY_DRIFT = sa.text(
+    f"({_COUNTED} EXCEPT ALL {_ADDED_UP}) UNION ALL ({_ADDED_UP} EXCEPT ALL {_COUNTED})"
+)
+
+
+def assert_inventory_counts_match_files(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        if conn.execute(sa.text("SELECT to_regclass('inventory_counts')")).scalar() is None:
+            return  # a test that migrated this database down
+        drift = conn.execute(_INVENTORY_DRIFT).all()
+    assert drift == [], f"inventory_counts disagrees with files: {drift}"
 
 
 @pytest.fixture

@@ -194,6 +194,20 @@ alerts = Table(
     Index(None, "sync_run_id"),
 )
 
+# Present files and their bytes per source, provider and class: what inventory_summary
+# (and every /metrics scrape) reads. Kept by statement triggers on `files` (migration
+# 0008), never written by syncer itself; a group whose files are all gone stays at 0.
+inventory_counts = Table(
+    "inventory_counts",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("status_class", Text, nullable=False),
+    Column("files", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    PrimaryKeyConstraint("source", "provider", "status_class"),
+)
+
 # What run retention pruned, per source and UTC day of `started_at` (syncer/retention.py).
 # Durations are seconds from started_at to finished_at.
 sync_run_daily = Table(
