@@ -198,7 +198,7 @@ def _serve_http(
     app = make_app(
         alive=lambda: heartbeat.problem(scheduler),
         ready=lambda: database_problem(engine),
-        registry=metrics.registry,
+        metrics=metrics.exposition,
     )
     try:
         server = HttpServer(settings.http_host, settings.http_port, app)

@@ -7,19 +7,19 @@ may be reachable by anything on the network.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import make_wsgi_app
 from waitress.server import BaseWSGIServer, create_server
+
+from syncer.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
-
-    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +30,23 @@ def make_app(
     *,
     alive: Callable[[], str | None],
     ready: Callable[[], str | None],
-    registry: CollectorRegistry,
+    metrics: Callable[[], bytes],
 ) -> WSGIApplication:
-    """The WSGI app. `alive` and `ready` return None when fine, else the reason."""
-    metrics_app = make_wsgi_app(registry)
+    """The WSGI app. `alive` and `ready` return None when fine, else the reason;
+    `metrics` returns the exposition."""
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            body: Iterable[bytes] = metrics_app(environ, start_response)
-            return body
+            body = metrics()
+            headers = [("Content-Type", METRICS_CONTENT_TYPE)]
+            # Prometheus asks for gzip. Level 1: a tenth of the time of level 9 on the
+            # 2 MB of 1000 sources, for a body about 10% larger.
+            if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+                body = gzip.compress(body, compresslevel=1, mtime=0)
+                headers.append(("Content-Encoding", "gzip"))
+            start_response("200 OK", headers)
+            return [body]
         if path in ("/healthz", "/readyz"):
             problem = (alive if path == "/healthz" else ready)()
             status = "200 OK" if problem is None else "503 Service Unavailable"

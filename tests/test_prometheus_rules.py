@@ -10,7 +10,6 @@ import subprocess
 import pytest
 import sqlalchemy as sa
 from conftest import REPO_ROOT, make_source
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncer.db import sources
@@ -53,7 +52,7 @@ def test_every_metric_the_rules_use_is_one_syncer_exports(engine):
             )
         )
         sources.register(conn, [source])  # and a schedule, so it has a lag
-    exposition = generate_latest(Metrics(engine, [source]).registry).decode()
+    exposition = Metrics(engine, [source]).exposition().decode()
     exported = {
         sample.name
         for family in text_string_to_metric_families(exposition)
