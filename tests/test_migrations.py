@@ -128,3 +128,43 @@ def test_0005_gives_old_events_their_class_and_its_downgrade_keeps_expirations(d
     ]
     assert downgraded.returncode == 0, downgraded.stderr
     assert kinds == ["appeared", "appeared", "status_changed", "disappeared"]
+
+
+def test_0008_counts_the_files_already_there_and_its_downgrade_adds_them_up_again(databases):
+    url = databases.create()
+    assert alembic("upgrade", "0007", url=url).returncode == 0
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    summary = "SELECT * FROM inventory_summary ORDER BY source, status_class"
+    try:
+        with engine.begin() as conn:
+            for source, file_id, status_class, size, gone in [
+                ("a", "1", "ready", 10, False),
+                ("a", "2", "ready", 5, False),
+                ("a", "3", "failed", 7, False),
+                ("a", "4", "failed", 9, True),
+                ("b", "1", "pending", 1, True),
+            ]:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO files (source, file_id, provider, filename, purpose, bytes,"
+                        " status_class, created_at, first_seen_at, changed_at, deleted_at, raw)"
+                        " VALUES (:s, :f, 'moonshot', :f, 'p', :b, :c, now(), now(), now(),"
+                        " CASE WHEN :gone THEN now() END, '{}')"
+                    ),
+                    {"s": source, "f": file_id, "c": status_class, "b": size, "gone": gone},
+                )
+            before = conn.execute(sa.text(summary)).all()
+        assert alembic("upgrade", "0008", url=url).returncode == 0
+        with engine.begin() as conn:
+            counted = conn.execute(sa.text(summary)).all()
+            conn.execute(sa.text("UPDATE files SET deleted_at = now() WHERE file_id = '3'"))
+        downgraded = alembic("downgrade", "0007", url=url)
+        with engine.connect() as conn:
+            after_downgrade = conn.execute(sa.text(summary)).all()
+    finally:
+        engine.dispose()
+
+    assert before == [("a", "moonshot", "failed", 1, 7), ("a", "moonshot", "ready", 2, 15)]
+    assert counted == before
+    assert downgraded.returncode == 0, downgraded.stderr
+    assert after_downgrade == [("a", "moonshot", "ready", 2, 15)]
