@@ -44,6 +44,7 @@ from syncer.config import HttpPolicy, SourceConfig, SyncRules
 from syncer.db import outbox
 from syncer.metrics import DatabaseCollector
 from syncer.model import EventKind, Outcome, StatusClass
+from syncer.providers.moonshot import PROVIDER as MOONSHOT
 from syncer.redaction import Secret
 from syncer.reports import Filters, events_report, files_report, runs_report
 from syncer.sync import sync_source
@@ -89,11 +90,13 @@ ORDER BY k, s
 
 # File j (1..F) of source s appears in change run a = 8 * (1 + j % (R/8 - 40)), changes
 # status (j % 30) times, one change run apart, and a third of them disappear after.
+# Each event's new_status_class is what syncer writes: the class of the new status by
+# the provider's own rules (status_class_sql), null for a disappearance.
 FILL_EVENTS = """
 INSERT INTO file_events (sync_run_id, occurred_at, source, provider, file_id, kind,
-                         old_status, new_status, changes)
+                         old_status, new_status, changes, new_status_class)
 SELECT r.id, r.started_at, r.source, 'moonshot', f.file_id, e.kind, e.old_status,
-       e.new_status, e.changes
+       e.new_status, e.changes, {status_class}
 FROM generate_series(1, :sources) AS s
 CROSS JOIN generate_series(1, :files_per_source) AS j
 CROSS JOIN LATERAL (SELECT 's' || lpad(s::text, 4, '0') AS source,
@@ -118,24 +121,40 @@ CROSS JOIN LATERAL (
                                              ELSE '["ok", "processing"]'::jsonb END)
     FROM generate_series(1, f.changes) AS n
     UNION ALL
-    SELECT f.changes + 1, 'disappeared', 'ok', NULL, '{}'::jsonb WHERE j % 3 = 0
+    SELECT f.changes + 1, 'disappeared',
+           CASE WHEN f.changes % 2 = 1 THEN 'ok' ELSE 'processing' END, NULL, '{}'::jsonb
+    WHERE j % 3 = 0
 ) AS e
 JOIN sync_runs AS r ON r.id = (f.appeared_k + 8 * e.step - 1) * :sources + s
 ORDER BY r.id, f.file_id
 """
 
+
+def status_class_sql(column: str) -> str:
+    """The class of each status the simulated Moonshot reports, by its provider's rules."""
+    whens = " ".join(
+        f"WHEN '{status}' THEN '{MOONSHOT.items.classify(status).value}'"
+        for status in MOONSHOT.personality.statuses
+    )
+    return f"CASE {column} {whens} END"
+
+
+# A file's row as the last sync that listed it left it: its last status and that
+# status's class (a disappearance keeps both), deleted_at set if it disappeared.
 FILL_FILES = """
 INSERT INTO files (source, file_id, provider, filename, purpose, bytes, status,
                    status_class, created_at, first_seen_at, changed_at, deleted_at, raw)
 SELECT source, file_id, 'moonshot', 'file-' || split_part(file_id, '-f', 2) || '.pdf',
-       'file-extract', 100, status,
-       CASE kind WHEN 'disappeared' THEN 'ready' ELSE syncer_status_class('moonshot', status) END,
+       'file-extract', 100, status, status_class,
        '2025-01-01T00:00:00+00:00', first_seen_at, changed_at,
        CASE WHEN kind = 'disappeared' THEN changed_at END, '{}'
 FROM (
     SELECT source, file_id, min(occurred_at) AS first_seen_at, max(occurred_at) AS changed_at,
            (array_agg(kind ORDER BY id DESC))[1] AS kind,
-           (array_agg(coalesce(new_status, old_status) ORDER BY id DESC))[1] AS status
+           (array_agg(new_status ORDER BY id DESC)
+                FILTER (WHERE new_status_class IS NOT NULL))[1] AS status,
+           (array_agg(new_status_class ORDER BY id DESC)
+                FILTER (WHERE new_status_class IS NOT NULL))[1] AS status_class
     FROM file_events
     GROUP BY source, file_id
 ) AS last
@@ -186,7 +205,8 @@ def fill(engine: sa.Engine, runs: int, sources: int) -> None:
         indexes = conn.execute(SECONDARY_INDEXES).all()
         for name, _ in indexes:
             conn.execute(sa.text(f'DROP INDEX "{name}"'))
-        for statement in (FILL_RUNS, FILL_EVENTS, FILL_FILES, FILL_ALERTS):
+        events = FILL_EVENTS.replace("{status_class}", status_class_sql("e.new_status"))
+        for statement in (FILL_RUNS, events, FILL_FILES, FILL_ALERTS):
             conn.execute(sa.text(statement), params)
         for _, definition in indexes:
             conn.execute(sa.text(definition))
