@@ -1,7 +1,10 @@
 """Years of history: how fast the views, reports and lookups stay, and what a prune leaves.
 
     uv run python benchmarks/history_bench.py [--sizes 1000000,10000000] [--repeat 5]
-                                              [--no-prune] [--database-url postgresql://...]
+                                              [--sources N] [--no-prune] [--no-analyst]
+                                              [--database-url postgresql://...]
+    uv run python benchmarks/history_bench.py --year-at-interval [--year-sources 10]
+                                              [--year-days 365] [--year-rates 1,4,12,48]
 
 For each size (sync runs in total), a scratch database is migrated to head and filled
 with synthetic history by generate_series: a year of runs of `sources` sources (50 at
@@ -23,6 +26,31 @@ Then, each the median of `--repeat` runs (wall clock, rows fetched to the client
   to the same sync on an empty database;
 - a prune pass at the default retention (unless --no-prune), then the views again;
 - table sizes before and after.
+
+`--sources` overrides the number of sources (at least 10, with 320 runs each; the
+tests use a small history of few sources).
+
+`--year-at-interval` measures (instead, unless `--sizes` is given too) what retention
+leaves of a real year at the default interval (300 s): `--year-sources` sources (10)
+of 105,120 runs each, whose runs are, per source:
+
+- a change run (with one event; never a failed one) `--year-changes` times a day (4:
+  say two uploads a day, each seen once as `appeared` and once as it becomes ready);
+- an outage of an hour (12 failed runs) every two weeks, with the alerts a sync
+  raises: `source_failing` on the third failed run, `source_recovered` on the run
+  after the outage (both `sent`);
+- an `incomplete` run once a week, and a `held` run (with its `run_held` alert)
+  twice a year;
+- every other run `ok` and unchanged.
+
+One prune pass at the default retention (what a first `syncer prune` over a year
+does), then a second (the next hourly one: it prunes the runs whose alerts the first
+pass's alert retention removed), each followed by `sync_runs`' rows and, after
+`VACUUM FULL`, bytes. Then the same year once per rate of `--year-rates` (one source
+each, changes a day; the rest as above) with the share of runs each keeps: what stays
+is the last 30 days (8%), the non-ok runs and the change runs, so it depends on how
+often files change. The passes' durations are printed, but rows and bytes are the
+figures here.
 """
 
 from __future__ import annotations
@@ -169,6 +197,87 @@ SELECT 'source_failing/' || r.source || '/' || r.id, r.started_at, 'source_faili
        1, r.started_at, CASE WHEN r.id % 50 <> 0 AND r.id % 333 <> 0 THEN r.started_at END
 FROM sync_runs AS r
 WHERE r.outcome = 'failed' AND r.id % 5 = 0
+"""
+
+
+# --- A year at the default interval (--year-at-interval) ------------------------------
+
+INTERVAL = 300  # seconds: SYNCER_INTERVAL's default
+RUNS_PER_DAY = 86_400 // INTERVAL
+OUTAGE_EVERY, OUTAGE_RUNS = 14 * RUNS_PER_DAY, 12  # an hour down every two weeks
+INCOMPLETE_EVERY = 7 * RUNS_PER_DAY  # a truncated listing once a week
+HELD_EVERY = RUNS_PER_DAY * 365 // 2  # the breaker trips twice a year
+
+# Run k (1..R) of source s (1..S, the s-th of :names, whose files change :rates[s]
+# times a day) has id (k - 1) * S + s and starts k intervals after :start. A change run
+# is where k * rate / runs-a-day steps up: `rate` of them a day, evenly spaced. Each
+# source's outages, incomplete and held runs fall at an offset of its own.
+YEAR_RUNS = """
+INSERT INTO sync_runs (id, source, provider, started_at, finished_at, outcome,
+                       files_listed, appeared, status_changed, error)
+OVERRIDING SYSTEM VALUE
+SELECT (k - 1) * :sources + src.s, src.name, 'moonshot',
+       :start + (k * :interval + src.s) * interval '1 second',
+       :start + (k * :interval + src.s) * interval '1 second'
+              + (0.2 + (k * 7 + src.s) % 40 / 10.0) * interval '1 second',
+       o.outcome, 40,
+       CASE WHEN o.outcome <> 'failed' AND c.change AND k % 2 = 0 THEN 1 ELSE 0 END,
+       CASE WHEN o.outcome <> 'failed' AND c.change AND k % 2 = 1 THEN 1 ELSE 0 END,
+       CASE WHEN o.outcome = 'failed' THEN 'HTTP 503 from the provider' END
+FROM unnest(CAST(:names AS text[]), CAST(:rates AS integer[])) WITH ORDINALITY
+     AS src (name, rate, s)
+CROSS JOIN generate_series(1, :runs_per_source) AS k
+CROSS JOIN LATERAL (
+    SELECT (k + src.s * 3001) * src.rate / :per_day
+           <> (k - 1 + src.s * 3001) * src.rate / :per_day AS change
+) AS c
+CROSS JOIN LATERAL (
+    SELECT CASE
+        WHEN (k + src.s * 1009) % :outage_every < :outage_runs THEN 'failed'
+        WHEN (k + src.s * 101) % :incomplete_every = 0 THEN 'incomplete'
+        WHEN (k + src.s * 7919) % :held_every = 0 THEN 'held'
+        ELSE 'ok' END AS outcome
+) AS o
+ORDER BY k, src.s
+"""
+
+# One event per change run, of a file of its own.
+YEAR_EVENTS = """
+INSERT INTO file_events (sync_run_id, occurred_at, source, provider, file_id, kind,
+                         old_status, new_status, changes, new_status_class)
+SELECT r.id, r.started_at, r.source, 'moonshot', 'f' || r.id,
+       CASE WHEN r.appeared = 1 THEN 'appeared' ELSE 'status_changed' END,
+       CASE WHEN r.appeared = 1 THEN NULL ELSE 'processing' END, 'ok',
+       CASE WHEN r.appeared = 1 THEN '{"status": [null, "ok"]}'::jsonb
+            ELSE '{"status": ["processing", "ok"]}'::jsonb END,
+       'ready'
+FROM sync_runs AS r
+WHERE r.appeared + r.status_changed > 0
+"""
+
+# The alerts a sync raises for these runs: on the third run of an outage, on the run
+# after it, and on a held run. All sent when raised.
+YEAR_ALERTS = """
+INSERT INTO alerts (alert_key, created_at, kind, source, provider, sync_run_id, payload,
+                    state, attempts, next_attempt_at, sent_at)
+SELECT a.kind || '/' || r.source || '/' || r.id, r.started_at, a.kind, r.source,
+       r.provider, r.id, '{}', 'sent', 1, r.started_at, r.started_at
+FROM (
+    SELECT r.*, lag(r.outcome, 1) OVER w AS previous, lag(r.outcome, 3) OVER w AS third_back,
+           lag(r.outcome, 2) OVER w AS second_back
+    FROM sync_runs AS r
+    WINDOW w AS (PARTITION BY r.source ORDER BY r.id)
+) AS r
+CROSS JOIN LATERAL (
+    SELECT CASE
+        WHEN r.outcome = 'failed' AND r.previous = 'failed' AND r.second_back = 'failed'
+             AND r.third_back IS DISTINCT FROM 'failed' THEN 'source_failing'
+        WHEN r.outcome <> 'failed' AND r.previous = 'failed' AND r.second_back = 'failed'
+             AND r.third_back = 'failed' THEN 'source_recovered'
+        WHEN r.outcome = 'held' THEN 'run_held'
+        END AS kind
+) AS a
+WHERE a.kind IS NOT NULL
 """
 
 
@@ -440,7 +549,9 @@ def prune_pass(engine: sa.Engine) -> tuple[float, str]:
 
 def bench_size(runs: int, args: argparse.Namespace, sim: SimulatorProcess, empty_sync: float,
                engine: sa.Engine) -> None:  # fmt: skip
-    sources = 50 if runs <= 1_000_000 else 1000
+    sources = args.sources or (50 if runs <= 1_000_000 else 1000)
+    if sources < 10 or runs // sources < 320:
+        raise SystemExit(f"--sizes {runs}, --sources {sources}: 10 sources, 320 runs each at least")
     started = time.perf_counter()
     fill(engine, runs, sources)
     print(f"\n== {runs:,} runs, {sources} sources: filled in {time.perf_counter() - started:.0f}s")
@@ -486,6 +597,115 @@ def bench_size(runs: int, args: argparse.Namespace, sim: SimulatorProcess, empty
         )
 
 
+def fill_year(engine: sa.Engine, rates: Sequence[int], days: int) -> None:
+    """A year (`days`) of runs at the default interval, one source per rate in `rates`."""
+    runs_per_source = days * RUNS_PER_DAY
+    params = {
+        "names": [f"y{n:02d}-{rate}a-day" for n, rate in enumerate(rates, 1)],
+        "rates": list(rates),
+        "sources": len(rates),
+        "runs_per_source": runs_per_source,
+        "start": datetime.now(UTC) - timedelta(days=days),
+        "interval": INTERVAL,
+        "per_day": RUNS_PER_DAY,
+        "outage_every": OUTAGE_EVERY,
+        "outage_runs": OUTAGE_RUNS,
+        "incomplete_every": INCOMPLETE_EVERY,
+        "held_every": HELD_EVERY,
+    }
+    with engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
+        conn.execute(sa.text("TRUNCATE file_events, alerts, files, sync_runs, sync_run_daily"))
+        indexes = conn.execute(SECONDARY_INDEXES).all()
+        for name, _ in indexes:
+            conn.execute(sa.text(f'DROP INDEX "{name}"'))
+        for statement in (YEAR_RUNS, YEAR_EVENTS, YEAR_ALERTS):
+            conn.execute(sa.text(statement), params)
+        for _, definition in indexes:
+            conn.execute(sa.text(definition))
+        conn.execute(
+            sa.text("SELECT setval(pg_get_serial_sequence('sync_runs', 'id'), :n)"),
+            {"n": runs_per_source * len(rates)},
+        )
+    vacuum(engine, "VACUUM ANALYZE")
+
+
+def runs_by_source(engine: sa.Engine) -> dict[str, tuple[int, int]]:
+    """Runs of each source: all of them, and those that are not `ok`."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT source, count(*), count(*) FILTER (WHERE outcome <> 'ok')"
+                " FROM sync_runs GROUP BY source ORDER BY source"
+            )
+        ).all()
+    return {source: (total, not_ok) for source, total, not_ok in rows}
+
+
+def runs_table_bytes(engine: sa.Engine) -> int:
+    """`sync_runs` with its indexes, compacted (what the rows need, not what was freed)."""
+    vacuum(engine, "VACUUM FULL sync_runs")
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT pg_total_relation_size('sync_runs')")).scalar_one())
+
+
+def year_at_interval(engine: sa.Engine, args: argparse.Namespace) -> None:
+    """What retention leaves of a year at the default interval; see the module docstring."""
+    days, changes = args.year_days, args.year_changes
+    sources = args.year_sources
+    print(
+        f"\n== a year at the default interval: {sources} sources x {days * RUNS_PER_DAY:,} runs"
+        f" ({days} days, one run per {INTERVAL}s)\n"
+        f"per source: {changes} change runs a day, an outage of {OUTAGE_RUNS} failed runs"
+        f" (1 h) every {OUTAGE_EVERY // RUNS_PER_DAY} days, an incomplete run every"
+        f" {INCOMPLETE_EVERY // RUNS_PER_DAY} days, a held run every"
+        f" {HELD_EVERY // RUNS_PER_DAY} days; alerts on outages and held runs"
+    )
+    fill_year(engine, [changes] * sources, days)
+    before = runs_by_source(engine)
+    total = sum(n for n, _ in before.values())
+    not_ok = sum(n for _, n in before.values())
+    with engine.connect() as conn:
+        events, alerts = conn.execute(
+            sa.text("SELECT (SELECT count(*) FROM file_events), (SELECT count(*) FROM alerts)")
+        ).one()
+    bytes_before = runs_table_bytes(engine)
+    print(
+        f"filled: {total:,} runs ({not_ok:,} not ok), {events:,} events, {alerts:,} alerts;"
+        f" sync_runs {bytes_before:,} bytes"
+    )
+    head = (
+        f"{'after':<22} {'sync_runs rows':>15} {'kept':>7} {'bytes (VACUUM FULL)':>20} {'kept':>7}"
+    )
+    lines = [
+        head,
+        "-" * len(head),
+        f"{'unpruned':<22} {total:>15,} {'100.0%':>7} {bytes_before:>20,} {'100.0%':>7}",
+    ]
+    for name in ("prune pass 1", "prune pass 2"):
+        seconds, summary = prune_pass(engine)
+        print(f"{name}: {seconds:.1f}s: {summary}")
+        rows = sum(n for n, _ in runs_by_source(engine).values())
+        size = runs_table_bytes(engine)
+        lines.append(
+            f"{name:<22} {rows:>15,} {rows / total:>7.1%} {size:>20,} {size / bytes_before:>7.1%}"
+        )
+    print("\n".join(lines))
+    rates = [int(rate) for rate in args.year_rates.split(",") if rate]
+    if not rates:
+        return
+    fill_year(engine, rates, days)
+    before = runs_by_source(engine)
+    prune_pass(engine)
+    prune_pass(engine)
+    after = runs_by_source(engine)
+    head = f"{'change runs a day':>17} {'runs':>9} {'not ok':>7} {'kept':>9} {'kept %':>7}"
+    print(f"\none source per rate, two prune passes\n{head}\n{'-' * len(head)}")
+    for (source, (runs, failed)), rate in zip(before.items(), rates, strict=True):
+        kept = after.get(source, (0, 0))[0]
+        print(f"{rate:>17} {runs:>9,} {failed:>7,} {kept:>9,} {kept / runs:>7.1%}")
+
+
 def vacuum(engine: sa.Engine, command: str) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("SET statement_timeout = 0"))
@@ -494,20 +714,45 @@ def vacuum(engine: sa.Engine, command: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000000,10000000", help="runs, comma-separated")
+    parser.add_argument(
+        "--sizes",
+        help="runs, comma-separated (default 1000000,10000000 without --year-at-interval)",
+    )
     parser.add_argument("--repeat", type=int, default=5, help="runs per measurement")
+    parser.add_argument(
+        "--sources", type=int, help="sources (default 50 up to 1M runs, 1,000 above)"
+    )
     parser.add_argument("--no-prune", action="store_true", help="measure without pruning")
     parser.add_argument(
         "--no-analyst", action="store_true", help="skip the queries that fold every event"
     )
+    parser.add_argument(
+        "--year-at-interval",
+        action="store_true",
+        help="what retention leaves of a year at the default interval",
+    )
+    parser.add_argument("--year-sources", type=int, default=10, help="sources of that year")
+    parser.add_argument("--year-days", type=int, default=365, help="its length in days")
+    parser.add_argument(
+        "--year-changes", type=int, default=4, help="change runs a day of each source"
+    )
+    parser.add_argument(
+        "--year-rates",
+        default="1,4,12,48",
+        help="change runs a day, one source each, for the sensitivity table ('' skips it)",
+    )
     parser.add_argument("--database-url", help="a server to create the scratch databases on")
     args = parser.parse_args(argv)
-    for runs in (int(size) for size in args.sizes.split(",")):
+    sizes = args.sizes or ("" if args.year_at_interval else "1000000,10000000")
+    for runs in (int(size) for size in sizes.split(",") if size):
         with bench_setup(args.database_url) as (engine, _, sim):
             empty_sync = no_change_sync(engine, sim, args.repeat, ACCOUNT)
             with engine.begin() as conn:
                 conn.execute(sa.text("TRUNCATE file_events, alerts, files, sync_runs"))
             bench_size(runs, args, sim, empty_sync, engine)
+    if args.year_at_interval:
+        with bench_setup(args.database_url) as (engine, _, _sim):
+            year_at_interval(engine, args)
     return 0
 
 
