@@ -3,12 +3,18 @@
 The run ledger is built two ways: rows written straight into `sync_runs` (each rule
 of retention, one run at a time, and many runs for the races), and a history made by
 real syncs of the simulator over 45 simulated days, on which every documented query
-must answer the same before and after a prune.
+and report must answer the same before and after a prune. Then real processes: two
+`syncer prune` at once, and `syncer run`'s scheduled pass.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
+import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +24,13 @@ from test_cli import syncer
 from test_reporting_docs import QUERIES
 from test_reporting_seed import rows
 
+from syncer.alerts import SourceHistory
 from syncer.config import SourceConfig, SyncRules
-from syncer.db import sources
+from syncer.db import outbox, sources
+from syncer.metrics import DatabaseCollector
+from syncer.model import Outcome, StatusClass
 from syncer.redaction import Secret
+from syncer.reports import Filters, Report, events_report, files_report, runs_report
 from syncer.retention import RetentionPolicy, prune, prune_runs
 from syncer.simulator import Account, Fault, Simulator
 from syncer.sync import sync_source
@@ -124,6 +134,62 @@ def test_prune_removes_only_old_unchanged_ok_runs_and_keeps_every_run_something_
             sa.text("SELECT last_outcome, consecutive_failures, last_ok_at FROM source_health")
         ).one()
     assert health == ("failed", 4, NOW - 20 * DAY + 4 * timedelta(hours=1) + timedelta(seconds=1.5))
+
+
+def last_success(engine: sa.Engine, names: list[str]) -> dict[str, float]:
+    """`syncer_last_success_timestamp_seconds` of each source, as /metrics reads it."""
+    configs = [SourceConfig(name, "moonshot", Secret("k"), "http://127.0.0.1:9") for name in names]
+    return {
+        sample.labels["source"]: sample.value
+        for metric in DatabaseCollector(engine, configs).collect()
+        if metric.name == "syncer_last_success_timestamp_seconds"
+        for sample in metric.samples
+    }
+
+
+def test_a_streak_longer_than_the_retention_keeps_every_run_it_is_told_by(ledger):
+    # Two sources synced fine 90 to 80 days ago; for the last 45 days one has failed
+    # every sync and the other listed incompletely (after a held run), 180 times each.
+    # Their last ok runs are far older than the retention.
+    streak_start = NOW - 45 * DAY
+    with ledger.begin() as conn:
+        last_ok = {}
+        for source in ("down", "partial"):
+            ok = [
+                add_run(conn, source, OLD - 30 * DAY + n * timedelta(hours=2)) for n in range(120)
+            ]
+            last_ok[source] = ok[-1]
+        held = add_run(conn, "partial", streak_start - DAY, "held")
+        for n in range(180):
+            add_run(conn, "down", streak_start + n * timedelta(hours=6), "failed")
+            add_run(conn, "partial", streak_start + n * timedelta(hours=6), "incomplete")
+
+    def told() -> tuple[Any, ...]:
+        with ledger.connect() as conn:
+            histories = {name: outbox.source_history(conn, name) for name in ("down", "partial")}
+        return (
+            rows(ledger, "SELECT * FROM source_health ORDER BY source"),
+            histories,
+            last_success(ledger, ["down", "partial"]),
+        )
+
+    before = told()
+    report = prune(ledger, RetentionPolicy(keep_ok_runs=5))
+
+    # Only old ok runs went, and not the newest 5 ok runs of each source.
+    assert report.runs_removed == 2 * (120 - 5)
+    assert {last_ok["down"], last_ok["partial"], held} <= run_ids(ledger)
+    assert told() == before
+    _, histories, _ = before
+    # What the next sync's alerts are decided on: the streaks, whole.
+    assert histories == {
+        "down": SourceHistory(consecutive_failures=180, last_complete_outcome=Outcome.OK),
+        "partial": SourceHistory(last_complete_outcome=Outcome.HELD, consecutive_incomplete=180),
+    }
+    assert rows(ledger, "SELECT source, consecutive_failures FROM source_health ORDER BY 1") == [
+        ("down", 180),
+        ("partial", 0),
+    ]
 
 
 def test_a_source_with_fewer_ok_runs_than_it_keeps_loses_none(ledger):
@@ -344,13 +410,35 @@ def answers(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
         found[f"files_as_of {days}d"] = rows(
             engine, "SELECT * FROM files_as_of(now() - :d * interval '1 day')", d=days
         )
+    # The statements of `syncer files` and `syncer events` (docs/reporting.md's
+    # "Reports on the command line"); `syncer runs` lists the runs, pruned ones gone.
+    found["syncer files --include-deleted"] = report_rows(
+        engine, files_report(Filters(include_deleted=True))
+    )
+    found["syncer files --status-class failed"] = report_rows(
+        engine, files_report(Filters(status_classes=(StatusClass.FAILED,)))
+    )
+    found["syncer events"] = report_rows(engine, events_report(Filters()))
+    found["syncer events --file k2"] = report_rows(engine, events_report(Filters(file_ids=("k2",))))
+    found["syncer runs --outcome failed"] = report_rows(
+        engine, runs_report(Filters(outcomes=(Outcome.FAILED,)))
+    )
     return found
+
+
+def report_rows(engine: sa.Engine, report: Report) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(report.statement)]
 
 
 def test_documented_queries_answer_the_same_after_a_prune(ledger, policy):
     make_history(ledger, policy)
     before = answers(ledger)
     runs_before = rows(ledger, "SELECT * FROM sync_runs ORDER BY id")
+    runs_listed = {
+        listed: report_rows(ledger, runs_report(replace(listed, limit=None)))
+        for listed in (Filters(), Filters(limit=3), Filters(sources=("kimi",)))
+    }
 
     report = prune(ledger, RetentionPolicy(keep_ok_runs=5, batch=7))
 
@@ -367,6 +455,13 @@ def test_documented_queries_answer_the_same_after_a_prune(ledger, policy):
     assert rows(ledger, "SELECT sum(runs), sum(ok) FROM sync_run_daily") == [
         (len(pruned), len(pruned))
     ]
+    # `syncer runs` shows the same runs, newest first, less the pruned ones.
+    pruned_ids = {r[0] for r in pruned}
+    for listed in (Filters(), Filters(limit=3), Filters(sources=("kimi",))):
+        assert (
+            report_rows(ledger, runs_report(listed))
+            == [r for r in runs_listed[listed] if r[0] not in pruned_ids][: listed.limit]
+        )
 
 
 def test_event_retention_drops_gone_files_and_files_as_of_refuses_earlier_times(ledger, policy):
@@ -423,3 +518,112 @@ def test_syncer_prune_says_what_it_rolled_up_and_removed(ledger, env, tmp_path):
     assert "rolled up 200 runs into" in result.stdout
     assert "removed 1 alerts" in result.stdout
     assert len(run_ids(ledger)) == 100
+
+
+# --- Real processes ---------------------------------------------------------------------
+
+
+def add_old_runs(engine: sa.Engine, sources: int, runs: int) -> int:
+    """`runs` ok runs of each of `sources` sources, from 160 days ago, five minutes apart
+    (at most 100 days of them); returns how many the default retention prunes: all but
+    each source's newest 100."""
+    assert sources * runs * timedelta(minutes=5) < 100 * DAY
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO sync_runs (source, provider, started_at, finished_at, outcome,"
+                " files_listed) SELECT 'old' || (n % :sources), 'moonshot',"
+                " :old + n * interval '5 min', :old + n * interval '5 min' + interval '1s',"
+                " 'ok', 5 FROM generate_series(1, :total) AS n"
+            ),
+            {"sources": sources, "total": sources * runs, "old": NOW - 160 * DAY},
+        )
+    return sources * (runs - 100)
+
+
+def rolled_up(summary: str) -> int:
+    """The runs a `prune: ...` summary says it rolled up; 0 if it found the lock taken."""
+    if "another process is pruning right now" in summary:
+        return 0
+    return int(summary.split("rolled up ", 1)[1].split(maxsplit=1)[0])
+
+
+def test_two_syncer_prune_processes_at_once_remove_each_run_once(ledger, env, tmp_path):
+    prunable = add_old_runs(ledger, sources=4, runs=1500)
+
+    # Started together; whichever takes the lock prunes, the other finds it taken (or
+    # comes after and finds nothing left): between them, each run once.
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "syncer", "prune"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    summaries = [stdout for stdout, _ in outputs]
+    assert all(summary.startswith("prune: ") for summary in summaries), summaries
+    assert sum(rolled_up(summary) for summary in summaries) == prunable
+    assert rows(ledger, "SELECT sum(runs) FROM sync_run_daily") == [(prunable,)]
+    assert rows(ledger, "SELECT source, count(*) FROM sync_runs GROUP BY 1 ORDER BY 1") == [
+        (f"old{n}", 100) for n in range(4)
+    ]
+
+
+# `syncer run` with its hourly retention pass due every second instead (the module's
+# constants, set before it starts); everything else is the command as shipped.
+_RUN_PRUNING_EVERY_SECOND = (
+    "import runpy, syncer.service as service;"
+    " service.PRUNE_SECONDS, service.PRUNE_JITTER_SECONDS = 1.0, 0.0;"
+    " runpy.run_module('syncer', run_name='__main__', alter_sys=True)"
+)
+
+
+def test_syncer_run_prunes_on_its_schedule_with_the_configured_retention(ledger, env, tmp_path):
+    prunable = add_old_runs(ledger, sources=2, runs=400)
+    with ledger.begin() as conn:
+        add_alert(conn, None, "sent-40-days-ago", "sent", NOW - 40 * DAY)
+        add_alert(conn, None, "sent-10-days-ago", "sent", NOW - 10 * DAY)
+    log = tmp_path / "run.log"
+    with log.open("w") as stderr:
+        service = subprocess.Popen(
+            [sys.executable, "-c", _RUN_PRUNING_EVERY_SECOND, "run"],
+            env={**env, "SYNCER_INTERVAL": "1s", "SYNCER_ALERT_RETENTION": "30d"},
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while rows(ledger, "SELECT coalesce(sum(runs), 0) FROM sync_run_daily") != [(prunable,)]:
+            assert service.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        # At least one pass more while it syncs its sources: it prunes nothing again.
+        passes = log.read_text().count("prune: rolled up")
+        while log.read_text().count("prune: rolled up") < passes + 2:
+            assert time.monotonic() < deadline + 30, log.read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        returncode = service.wait(timeout=60)
+    output = log.read_text()
+    assert returncode == 0, output[-3000:]
+    assert f"prune: rolled up {prunable} runs into" in output
+    assert rows(ledger, "SELECT sum(runs) FROM sync_run_daily") == [(prunable,)]
+    assert rows(ledger, "SELECT count(*) FROM sync_runs WHERE source LIKE 'old%'") == [(200,)]
+    assert rows(ledger, "SELECT alert_key FROM alerts WHERE alert_key LIKE 'sent-%'") == [
+        ("sent-10-days-ago",)
+    ]
+    # The configured sources were synced all along, and none of their (recent) runs went.
+    assert rows(ledger, "SELECT count(*) > 2 FROM sync_runs WHERE source = 'moonshot'") == [(True,)]
+    assert rows(ledger, "SELECT DISTINCT source FROM sync_run_daily ORDER BY 1") == [
+        ("old0",),
+        ("old1",),
+    ]
