@@ -70,7 +70,7 @@ from sync_bench import ACCOUNT, API_KEY, SimulatorProcess, bench_setup
 
 from syncer.config import HttpPolicy, SourceConfig, SyncRules
 from syncer.db import outbox
-from syncer.metrics import DatabaseCollector
+from syncer.metrics import DatabaseGauges
 from syncer.model import EventKind, Outcome, StatusClass
 from syncer.providers.moonshot import PROVIDER as MOONSHOT
 from syncer.redaction import Secret
@@ -499,8 +499,8 @@ def metrics_collection(engine: sa.Engine, sources: int) -> Callable[[], object]:
         SourceConfig(f"s{n:04d}", "moonshot", Secret("sk-none"), "http://127.0.0.1:9")
         for n in range(1, sources + 1)
     ]
-    collector = DatabaseCollector(engine, configs)
-    return lambda: list(collector.collect())
+    gauges = DatabaseGauges(engine, configs)
+    return gauges.lines
 
 
 def no_change_sync(engine: sa.Engine, sim: SimulatorProcess, repeat: int, name: str) -> float:

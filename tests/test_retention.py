@@ -27,7 +27,7 @@ from test_reporting_seed import rows
 from syncer.alerts import SourceHistory
 from syncer.config import SourceConfig, SyncRules
 from syncer.db import outbox, sources
-from syncer.metrics import DatabaseCollector
+from syncer.metrics import DatabaseGauges
 from syncer.model import Outcome, StatusClass
 from syncer.redaction import Secret
 from syncer.reports import Filters, Report, events_report, files_report, runs_report
@@ -136,15 +136,10 @@ def test_prune_removes_only_old_unchanged_ok_runs_and_keeps_every_run_something_
     assert health == ("failed", 4, NOW - 20 * DAY + 4 * timedelta(hours=1) + timedelta(seconds=1.5))
 
 
-def last_success(engine: sa.Engine, names: list[str]) -> dict[str, float]:
-    """`syncer_last_success_timestamp_seconds` of each source, as /metrics reads it."""
+def last_success(engine: sa.Engine, names: list[str]) -> dict[str, datetime]:
+    """Each source's last success, as /metrics reads it."""
     configs = [SourceConfig(name, "moonshot", Secret("k"), "http://127.0.0.1:9") for name in names]
-    return {
-        sample.labels["source"]: sample.value
-        for metric in DatabaseCollector(engine, configs).collect()
-        if metric.name == "syncer_last_success_timestamp_seconds"
-        for sample in metric.samples
-    }
+    return dict(DatabaseGauges(engine, configs).read().last_ok)
 
 
 def test_a_streak_longer_than_the_retention_keeps_every_run_it_is_told_by(ledger):
@@ -180,7 +175,9 @@ def test_a_streak_longer_than_the_retention_keeps_every_run_it_is_told_by(ledger
     assert report.runs_removed == 2 * (120 - 5)
     assert {last_ok["down"], last_ok["partial"], held} <= run_ids(ledger)
     assert told() == before
-    _, histories, _ = before
+    _, histories, successes = before
+    last_ok_at = OLD - 30 * DAY + 119 * timedelta(hours=2) + timedelta(seconds=1.5)
+    assert successes == {"down": last_ok_at, "partial": last_ok_at}
     # What the next sync's alerts are decided on: the streaks, whole.
     assert histories == {
         "down": SourceHistory(consecutive_failures=180, last_complete_outcome=Outcome.OK),
