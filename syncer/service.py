@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -36,8 +37,11 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 5.0
 # Retention runs hourly, at a time of each replica's own (the advisory lock makes the
-# others' passes no-ops anyway).
+# others' passes no-ops anyway). The first pass comes a few minutes after start, not
+# an hour: a service restarted more often than hourly (deploys, a crash loop) would
+# otherwise never prune; not at once, so that a start's first syncs go first.
 PRUNE_SECONDS, PRUNE_JITTER_SECONDS = 3600.0, 300.0
+PRUNE_FIRST_DELAY_SECONDS = 300.0
 # The claim job, the heartbeat, the alert dispatcher, and one spare.
 _SCHEDULER_THREADS = 4
 # Besides these ticks, every finished sync looks for more due work at once.
@@ -121,6 +125,7 @@ def run_service(
     # Retention, hourly, on a thread of its own so that it never delays a sync; on the
     # control engine, so that it never takes a sync's connection.
     scheduler.add_executor(ThreadPoolExecutor(1), "maintenance")
+    first_prune_jitter = random.uniform(0, PRUNE_JITTER_SECONDS)  # noqa: S311 # not secret
     scheduler.add_job(
         _prune_job,
         IntervalTrigger(seconds=PRUNE_SECONDS, jitter=PRUNE_JITTER_SECONDS),
@@ -128,6 +133,7 @@ def run_service(
         id="prune",
         name="prune history",
         executor="maintenance",
+        next_run_time=now + timedelta(seconds=PRUNE_FIRST_DELAY_SECONDS + first_prune_jitter),
     )
     server = _serve_http(settings, control, metrics, heartbeat, scheduler)
     _stop_on_signals(stop)

@@ -573,11 +573,13 @@ def test_two_syncer_prune_processes_at_once_remove_each_run_once(ledger, env, tm
     ]
 
 
-# `syncer run` with its hourly retention pass due every second instead (the module's
-# constants, set before it starts); everything else is the command as shipped.
+# `syncer run` with its hourly retention pass due every second instead, the first at
+# once (the module's constants, set before it starts); everything else is the command
+# as shipped.
 _RUN_PRUNING_EVERY_SECOND = (
     "import runpy, syncer.service as service;"
     " service.PRUNE_SECONDS, service.PRUNE_JITTER_SECONDS = 1.0, 0.0;"
+    " service.PRUNE_FIRST_DELAY_SECONDS = 0.0;"
     " runpy.run_module('syncer', run_name='__main__', alter_sys=True)"
 )
 
@@ -602,9 +604,12 @@ def test_syncer_run_prunes_on_its_schedule_with_the_configured_retention(ledger,
             assert service.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
-        # At least one pass more while it syncs its sources: it prunes nothing again.
+        # Passes more while it syncs its sources: they prune nothing again.
         passes = log.read_text().count("prune: rolled up")
-        while log.read_text().count("prune: rolled up") < passes + 2:
+        synced = "SELECT count(*) > 2 FROM sync_runs WHERE source = 'moonshot'"
+        while log.read_text().count("prune: rolled up") < passes + 2 or rows(ledger, synced) != [
+            (True,)
+        ]:
             assert time.monotonic() < deadline + 30, log.read_text()[-3000:]
             time.sleep(0.2)
     finally:
