@@ -3,6 +3,7 @@
     uv run python benchmarks/history_bench.py [--sizes 1000000,10000000] [--repeat 5]
                                               [--sources N] [--no-prune] [--no-analyst]
                                               [--database-url postgresql://...]
+                                              [--keep DATABASE]
     uv run python benchmarks/history_bench.py --year-at-interval [--year-sources 10]
                                               [--year-days 365] [--year-rates 1,4,12,48]
 
@@ -56,6 +57,7 @@ figures here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import re
 import statistics
@@ -65,11 +67,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+import psycopg.sql
 import sqlalchemy as sa
 from sync_bench import ACCOUNT, API_KEY, SimulatorProcess, bench_setup
 
 from syncer.config import HttpPolicy, SourceConfig, SyncRules
 from syncer.db import outbox
+from syncer.db.engine import create_db_engine
+from syncer.db.migrate import upgrade_to_head
 from syncer.metrics import DatabaseGauges
 from syncer.model import EventKind, Outcome, StatusClass
 from syncer.providers.moonshot import PROVIDER as MOONSHOT
@@ -553,8 +559,15 @@ def bench_size(runs: int, args: argparse.Namespace, sim: SimulatorProcess, empty
     if sources < 10 or runs // sources < 320:
         raise SystemExit(f"--sizes {runs}, --sources {sources}: 10 sources, 320 runs each at least")
     started = time.perf_counter()
-    fill(engine, runs, sources)
-    print(f"\n== {runs:,} runs, {sources} sources: filled in {time.perf_counter() - started:.0f}s")
+    with engine.connect() as conn:
+        filled = conn.execute(sa.text("SELECT coalesce(max(id), 0) FROM sync_runs")).scalar_one()
+    if filled >= runs:  # a database kept (--keep) from an earlier run
+        print(f"\n== {runs:,} runs, {sources} sources: filled by an earlier run (--keep)")
+    else:
+        fill(engine, runs, sources)
+        print(
+            f"\n== {runs:,} runs, {sources} sources: filled in {time.perf_counter() - started:.0f}s"
+        )
     before = sizes(engine)
     s = samples(engine, sources)
     results: dict[str, list[float]] = {}
@@ -573,7 +586,7 @@ def bench_size(runs: int, args: argparse.Namespace, sim: SimulatorProcess, empty
         results["/metrics collection"].append(
             timed(metrics_collection(engine, sources), args.repeat)
         )
-    sync = no_change_sync(engine, sim, args.repeat, s["healthy"])
+    sync = no_change_sync(engine, sim, args.repeat, "s0002")  # keeps s0001's files
     change = sync / empty_sync - 1
     print(
         f"no-change sync of {LIVE_FILES} files: {sync * 1000:.1f} ms"
@@ -712,6 +725,22 @@ def vacuum(engine: sa.Engine, command: str) -> None:
         conn.execute(sa.text(command))
 
 
+@contextlib.contextmanager
+def kept_database(scratch_url: str, name: str) -> Iterator[sa.Engine]:
+    """Database `name` on the scratch database's server, created if missing, at head."""
+    server = sa.make_url(scratch_url).set(drivername="postgresql")
+    with psycopg.connect(server.render_as_string(hide_password=False), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    engine = create_db_engine(Secret(url), lock_timeout=5)
+    try:
+        upgrade_to_head(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -742,11 +771,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="change runs a day, one source each, for the sensitivity table ('' skips it)",
     )
     parser.add_argument("--database-url", help="a server to create the scratch databases on")
+    parser.add_argument(
+        "--keep",
+        metavar="DATABASE",
+        help="fill this database (created on that server if missing) and keep it: a later"
+        " run with the same name measures it without filling it again (one size only)",
+    )
     args = parser.parse_args(argv)
     sizes = args.sizes or ("" if args.year_at_interval else "1000000,10000000")
     for runs in (int(size) for size in sizes.split(",") if size):
-        with bench_setup(args.database_url) as (engine, _, sim):
+        with bench_setup(args.database_url) as (engine, url, sim):
             empty_sync = no_change_sync(engine, sim, args.repeat, ACCOUNT)
+            if args.keep:
+                with kept_database(url, args.keep) as kept:
+                    bench_size(runs, args, sim, empty_sync, kept)
+                continue
             with engine.begin() as conn:
                 conn.execute(sa.text("TRUNCATE file_events, alerts, files, sync_runs"))
             bench_size(runs, args, sim, empty_sync, engine)
