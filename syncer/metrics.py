@@ -185,7 +185,7 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text a scrape returns: the database's gauges, then this process' counts."""
         with self._lock:
-            counts = sorted((name, counts.copy()) for name, counts in self._counts.items())
+            counts = sorted((name, source.copy()) for name, source in self._counts.items())
         lines = self._database.lines()
         lines.extend(_count_lines(counts))
         return "".join(lines).encode()
