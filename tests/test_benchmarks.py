@@ -81,12 +81,12 @@ def test_history_bench_prunes_a_small_history_and_a_year_at_the_interval(databas
     [prune] = [line for line in lines if line.startswith("prune pass: ")]
     pruned = number(prune.split("rolled up ")[1].split()[0])
     assert pruned > 0
-    assert any(line.startswith("no-change sync of 1000 files: ") for line in lines)
+    assert any(line.startswith("no-change sync of 1000 files, median of 15: ") for line in lines)
     sizes = {line[:32].strip(): line[32:].split() for line in lines if " rows " in line}
     before, after, compacted = (number(n) for n in sizes["sync_runs rows"])
-    # What the prune left, plus the no-change measurement's syncs (2 + --repeat).
+    # What the prune left, plus the no-change measurement's syncs (the first, then 15).
     assert before == 4000
-    assert after == compacted == before - pruned + 3
+    assert after == compacted == before - pruned + 16
     assert number(sizes["sync_run_daily rows"][1]) > 0
 
     year = lines.index(next(line for line in lines if line.startswith("== a year at")))
