@@ -608,6 +608,14 @@ def bench_size(runs: int, args: argparse.Namespace, sim: SimulatorProcess, empty
     for name, times in results.items():
         cells = " ".join(f"{t * 1000:>10.2f}" for t in times)
         print(f"{name[:62]:<62} {cells}")
+    print_sizes(engine, before, pruned=not args.no_prune)
+
+
+def print_sizes(engine: sa.Engine, before: dict[str, int], *, pruned: bool) -> None:
+    if not pruned:  # nothing to reclaim: the sizes as they were
+        for key in sorted(before):
+            print(f"{key:<32} {before[key]:>14,}")
+        return
     vacuum(engine, "VACUUM ANALYZE")
     after = sizes(engine)
     vacuum(engine, "VACUUM FULL sync_runs, sync_run_daily, alerts")
