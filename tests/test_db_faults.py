@@ -277,11 +277,13 @@ def test_a_sync_killed_mid_transaction_leaves_the_previous_state(
             stderr=subprocess.DEVNULL,
         )
         try:
+            # The writer waits for the table; the connection that renews the sync's
+            # lease may wait too, for the source's row, which the writer holds.
             wait_until(
-                lambda: any(b[2] == "Lock" for b in syncer_backends(observer)),
+                lambda: any(b[2:] == ("Lock", "relation") for b in syncer_backends(observer)),
                 what="the sync waits for the lock inside its transaction",
             )
-            (pid,) = [b[0] for b in syncer_backends(observer) if b[2] == "Lock"]
+            (pid,) = [b[0] for b in syncer_backends(observer) if b[2:] == ("Lock", "relation")]
             written = {
                 row[0]
                 for row in observer.execute(
