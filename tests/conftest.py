@@ -36,6 +36,31 @@ def pytest_configure(config: pytest.Config) -> None:
     _cache_bytecode_for_this_run(config)
 
 
+# Modules whose tests share a fixture too costly to build on several workers: the compose
+# stack, the installed image of the start-sequence tests, the large seeded database.
+# Each of them runs on one worker; every other test is a unit of work of its own.
+# (xdist's own `loadgroup` would say this with marks, but pytest 9.2's node ids lose
+# the group: pytest-dev/pytest-xdist#1386.)
+ONE_WORKER_MODULES = frozenset(
+    {"tests/test_compose_engine.py", "tests/test_deploy.py", "tests/test_reporting_indexes.py"}
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`--dist loadscope` (pyproject's addopts), with the scopes defined above."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # noqa: PLC0415 - only with xdist
+
+    class OneWorkerModulesScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.partition("::")[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return OneWorkerModulesScheduling(config, log)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     directory = config.stash.get(_BYTECODE_CACHE, None)
     if directory is not None:

@@ -9,7 +9,7 @@ host port. Whatever happens, `down -v` removes the stack at the end.
 It runs wherever `docker compose` reaches an engine and skips elsewhere, unless
 SYNCER_REQUIRE_DOCKER is set (`.ci/run` sets it, after starting an engine if none is
 reachable), when a missing engine fails it. The module runs on one xdist worker
-(`--dist loadfile`), alongside the rest of the suite.
+(tests/conftest.py, ONE_WORKER_MODULES), alongside the rest of the suite.
 """
 
 from __future__ import annotations
