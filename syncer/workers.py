@@ -141,7 +141,7 @@ class WorkerPool:
                 wait=self._settings.lock_timeout,
             )
         except BaseException:
-            self._done(source.name, held=False)
+            self._done(None)
             raise
         with self._lock:
             self._held[source.name] = _Held(lease, time.monotonic())
@@ -183,7 +183,7 @@ class WorkerPool:
                 metrics.record_skipped(source.name, "error")
             raise
         finally:
-            self._done(source.name, held=True)
+            self._done(lease)
         if metrics:
             metrics.record_run(result)
             if result.run_id is None:
@@ -197,11 +197,13 @@ class WorkerPool:
             )
         return result
 
-    def _done(self, name: str, *, held: bool) -> None:
+    def _done(self, lease: Lease | None) -> None:
+        """A sync ended; `lease`, if it had taken one, is no longer held by it."""
         with self._lock:
             self._busy -= 1
-            if held:
-                self._held.pop(name, None)
+            # Only its own entry: never one a later sync of the same source put there.
+            if lease is not None and (held := self._held.get(lease.source)) and held.lease == lease:
+                del self._held[lease.source]
         if self._on_idle is not None and not self._stopping.is_set():
             self._on_idle()
 

@@ -422,3 +422,30 @@ def test_history_can_be_rebuilt_from_events_alone(engine, run, fake):
     for field in ("filename", "purpose", "bytes", "line_count", "status", "status_details"):
         assert rebuilt[field] == row[field], field
     assert rebuilt["created_at"] == row["created_at"].isoformat()
+
+
+def test_a_process_never_claims_a_source_it_is_still_syncing(engine):
+    """Its lease lapsed or passed on while it waits on the provider, and the source is
+    due: the other processes may take it, the one still syncing it may not (two syncs
+    of one source in one process took the lease from each other, over and over)."""
+    kimi, moon = (make_source(name, "moonshot", "https://api.test/v1", KEY) for name in "ab")
+    me, other = "run:me:1:aaa", "run:other:2:bbb"
+    with engine.begin() as conn:
+        sources.register(conn, [kimi, moon])
+        conn.execute(sa.text("UPDATE sources SET next_due_at = now() - interval '1 minute'"))
+        claimed = sources.claim_due(
+            conn, ["a", "b"], me, limit=2, failing_limit=1, lease_seconds=0.01
+        )
+    assert sorted(lease.source for lease in claimed) == ["a", "b"]
+    time.sleep(0.05)  # both leases lapse while their syncs wait on the provider
+
+    def claim(owner: str, running: list[str]) -> list[str]:
+        with engine.begin() as conn:
+            leases = sources.claim_due(
+                conn, ["a", "b"], owner, limit=2, failing_limit=1, lease_seconds=60,
+                running=running,
+            )  # fmt: skip
+        return sorted(lease.source for lease in leases)
+
+    assert claim(me, running=["a", "b"]) == []
+    assert claim(other, running=[]) == ["a", "b"]

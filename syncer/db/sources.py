@@ -140,10 +140,13 @@ def register(conn: sa.Connection, sources: Sequence[SourceConfig]) -> list[str]:
 # Due, not retired, one of ours, and either unleased, expired, or leased by this very
 # process to a sync that no longer runs (its release failed, say, the database being
 # away): those would otherwise wait for their own expiry.
+# A source this owner is still syncing is never claimed again by it, even once its
+# lease has lapsed or passed on: that sync ends within its bound, and two of one
+# source in one process would only take the lease from each other.
 _CLAIMABLE = """
     name = ANY(CAST(:names AS text[])) AND retired_at IS NULL AND next_due_at <= now()
-    AND (lease_owner IS NULL OR lease_expires_at < now()
-         OR (lease_owner = :owner AND name <> ALL(CAST(:running AS text[]))))
+    AND name <> ALL(CAST(:running AS text[]))
+    AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :owner)
 """
 _CLAIM = sa.text(
     f"""
