@@ -16,6 +16,7 @@ from receiver import TOKEN
 from test_cli import assert_no_secret
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 
@@ -52,3 +53,22 @@ class LoggedService:
         assert_no_secret(output)
         assert TOKEN not in output
         return output
+
+
+def stop_all(services: Sequence[LoggedService]) -> list[str]:
+    """`stop()` each of them, even after one fails its check; then raise that failure.
+
+    A list comprehension of `stop()` left the others running when the first raised.
+    """
+    outputs, failures = [], []
+    for service in services:
+        try:
+            outputs.append(service.stop())
+        except Exception as failure:  # noqa: BLE001 - raised below, once all are stopped
+            if service.alive():
+                service.process.kill()
+                service.process.wait()
+            failures.append(failure)
+    if failures:
+        raise failures[0]
+    return outputs

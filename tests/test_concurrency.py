@@ -23,7 +23,7 @@ from history import (
     last_event_id,
     net_of_tick,
 )
-from processes import LoggedService
+from processes import LoggedService, stop_all
 from receiver import Receiver
 from test_cli import query, syncer
 
@@ -118,7 +118,7 @@ def test_two_replicas_share_one_database(engine, env, simulator, tmp_path):
             wait(lambda: len(receiver.received) >= len(failed), replicas, what="alerts arrive")
             time.sleep(2)  # more dispatch ticks on both replicas: nothing may come twice
         finally:
-            outputs = [replica.stop() for replica in replicas]
+            outputs = stop_all(replicas)
 
         assert ticks >= 5
         assert recorded == as_events(truth)

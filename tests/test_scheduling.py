@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 import sqlalchemy as sa
 from history import as_events, assert_history_consistent, events_after, last_event_id, net_of_tick
-from processes import LoggedService
+from processes import LoggedService, stop_all
 from test_alerting_e2e import free_port, scrape
 from test_cli import query, syncer
 from test_concurrency import wait
@@ -140,7 +140,7 @@ def test_two_replicas_list_each_source_once_per_interval(engine, env, farm, tmp_
         after = {name: farm.request_count(name) for name in names}
         wait(lambda: events_after(engine, start) == as_events(changes), replicas, timeout=30)
     finally:
-        outputs = [replica.stop() for replica in replicas]
+        outputs = stop_all(replicas)
 
     intervals = elapsed / 2
     for name in names:
@@ -187,7 +187,7 @@ def test_a_replica_killed_mid_sync_is_taken_over_within_the_lease_time(engine, e
         taken_over_after = time.monotonic() - killed_at
         new_owner, new_token = lease_holder(engine, "ok0")
     finally:
-        outputs = [replica.stop() for replica in replicas if replica.alive()]
+        outputs = stop_all([replica for replica in replicas if replica.alive()])
 
     assert new_token > token  # another lease, not the dead replica's
     assert new_owner is None or new_owner != owner
