@@ -255,7 +255,7 @@ def _refresh_statistics(engine: sa.Engine, source: SourceConfig) -> None:
     Best effort: the load is committed, and autovacuum catches up in the end anyway.
     """
     try:
-        with engine.begin() as conn:
+        with engine.connect() as conn:  # it commits the ANALYZE itself
             analyze_after_bulk_load(conn)
     except SQLAlchemyError as error:
         log.warning(

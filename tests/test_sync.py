@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from conftest import make_source
 from fakes import ScriptedMoonshot
 
+from syncer import sync
 from syncer.db import sources
 from syncer.errors import LeaseLostError, SourceBusyError
 from syncer.model import Outcome
@@ -449,3 +450,21 @@ def test_a_process_never_claims_a_source_it_is_still_syncing(engine):
 
     assert claim(me, running=["a", "b"]) == []
     assert claim(other, running=[]) == ["a", "b"]
+
+
+def test_an_initial_load_leaves_fresh_planner_statistics(engine, run, fake, monkeypatch, caplog):
+    """After a bulk load, `files` and `file_events` are analyzed at once: plans must not
+    wait for autovacuum (the threshold is lowered here from 10,000 files to 3)."""
+    monkeypatch.setattr(sync, "BULK_LOAD_FILES", 3)
+    for n in range(5):
+        fake.add(f"f{n}")
+
+    assert run().outcome is Outcome.OK
+
+    assert "could not analyze" not in caplog.text
+    estimated = rows(
+        engine,
+        "SELECT relname, reltuples::int AS n FROM pg_class"
+        " WHERE relname IN ('files', 'file_events') ORDER BY relname",
+    )
+    assert estimated == [{"relname": "file_events", "n": 5}, {"relname": "files", "n": 5}]
