@@ -83,9 +83,12 @@ def run_service(
         lease_engine=control,
         owner=sources.process_owner("run"),
         metrics=metrics,
-        on_idle=lambda: feeder.feed() if feeder else None,
+        on_idle=lambda: feeder.feed(backlog_only=True) if feeder else None,
     )
-    feeder = Feeder(control, pool, settings.sources, lease_seconds=settings.lease_timeout)
+    tick = feed_seconds(settings.sources)
+    feeder = Feeder(
+        control, pool, settings.sources, lease_seconds=settings.lease_timeout, tick_seconds=tick
+    )
     # The syncs run on the pool's threads; the scheduler's own only claim work, beat
     # and deliver alerts, so a slow sync never starves the heartbeat and never makes
     # /healthz lie.
@@ -97,7 +100,8 @@ def run_service(
     now = datetime.now(UTC)
     scheduler.add_job(
         feeder.feed,
-        IntervalTrigger(seconds=feed_seconds(settings.sources)),
+        # Jitter: replicas' ticks fall in a different order each time (see Feeder).
+        IntervalTrigger(seconds=tick, jitter=tick / 2),
         id="sync:claim",
         name="claim due sources",
         next_run_time=now,
