@@ -83,12 +83,9 @@ def run_service(
         lease_engine=control,
         owner=sources.process_owner("run"),
         metrics=metrics,
-        on_idle=lambda: feeder.feed(backlog_only=True) if feeder else None,
+        on_idle=lambda: feeder.feed() if feeder else None,
     )
-    tick = feed_seconds(settings.sources)
-    feeder = Feeder(
-        control, pool, settings.sources, lease_seconds=settings.lease_timeout, tick_seconds=tick
-    )
+    feeder = Feeder(control, pool, settings.sources, lease_seconds=settings.lease_timeout)
     # The syncs run on the pool's threads; the scheduler's own only claim work, beat
     # and deliver alerts, so a slow sync never starves the heartbeat and never makes
     # /healthz lie.
@@ -98,9 +95,12 @@ def run_service(
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
     )
     now = datetime.now(UTC)
+    tick = feed_seconds(settings.sources)
     scheduler.add_job(
         feeder.feed,
-        # Jitter: replicas' ticks fall in a different order each time (see Feeder).
+        # Jittered: replicas' ticks fall in a different order each time. Without it, one
+        # replica's ticks kept landing just before the other's and it claimed nearly
+        # every source (48 syncs to 1 in test_two_replicas_list_each_source_once...).
         IntervalTrigger(seconds=tick, jitter=tick / 2),
         id="sync:claim",
         name="claim due sources",

@@ -255,13 +255,6 @@ class Feeder:
     """Claims due sources for the pool's free workers: at each tick of its APScheduler
     job, and as soon as a sync ends. Never raises.
 
-    A tick claims every due source; a sync that ends claims only a backlog (sources
-    overdue by a tick or more, which a tick could not give a worker). Replicas thus
-    share the sources by whose tick comes first: when every ended sync claimed all due
-    work at once, the replica that happened to finish a sync just after a source fell
-    due claimed the next one too, and so on, and did nearly all the work (48 syncs to
-    1 in a test of two replicas).
-
     Sources whose last run failed get at most half the workers (and at least one):
     a provider in an outage retries for minutes, and must not hold every worker while
     healthy sources fall due. (A source that was healthy retries for at most
@@ -275,38 +268,31 @@ class Feeder:
         configured: Sequence[SourceConfig],
         *,
         lease_seconds: float,
-        tick_seconds: float,
     ) -> None:
         self._engine = engine
         self._pool = pool
-        self._tick_seconds = tick_seconds
         self._sources = {source.name: source for source in configured}
         self._names = list(self._sources)
         self._lease_seconds = lease_seconds
         self._failing_share = max(1, pool.workers // 2)
         self._feeding = threading.Lock()
         self._wanted = threading.Event()
-        self._all_due_wanted = False
         self._failing_since: float | None = None
         self.stopped = False
 
-    def feed(self, *, backlog_only: bool = False) -> None:
-        """Claim and start due syncs (with `backlog_only`, only those overdue by a tick);
-        if a feed is already running, it goes round again."""
-        if not backlog_only:
-            self._all_due_wanted = True
+    def feed(self) -> None:
+        """Claim and start due syncs; if a feed is already running, it goes round again."""
         self._wanted.set()
         while self._wanted.is_set() and not self.stopped:
             if not self._feeding.acquire(blocking=False):
                 return  # the running feed sees _wanted and claims once more
             try:
                 self._wanted.clear()
-                all_due, self._all_due_wanted = self._all_due_wanted, False
-                self._claim_and_start(overdue_by=0.0 if all_due else self._tick_seconds)
+                self._claim_and_start()
             finally:
                 self._feeding.release()
 
-    def _claim_and_start(self, *, overdue_by: float) -> None:
+    def _claim_and_start(self) -> None:
         pool = self._pool
         free = pool.free()
         if free <= 0:
@@ -322,7 +308,6 @@ class Feeder:
                     failing_limit=failing_free,
                     lease_seconds=self._lease_seconds,
                     running=pool.running(),
-                    overdue_by=overdue_by,
                 )
         except SQLAlchemyError as error:
             self._claim_failed(error)

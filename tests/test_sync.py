@@ -468,27 +468,3 @@ def test_an_initial_load_leaves_fresh_planner_statistics(engine, run, fake, monk
         " WHERE relname IN ('files', 'file_events') ORDER BY relname",
     )
     assert estimated == [{"relname": "file_events", "n": 5}, {"relname": "files", "n": 5}]
-
-
-def test_a_claim_for_a_backlog_takes_only_sources_overdue_by_that_much(engine):
-    """An ended sync asks only for sources a tick already missed (`overdue_by`), so that
-    freshly due ones go to whichever replica's tick comes first."""
-    late, fresh = (make_source(name, "moonshot", "https://api.test/v1", KEY) for name in "ab")
-    with engine.begin() as conn:
-        sources.register(conn, [late, fresh])
-        conn.execute(
-            sa.text(
-                "UPDATE sources SET next_due_at = now() - CASE name"
-                " WHEN 'a' THEN interval '5 seconds' ELSE interval '100 milliseconds' END"
-            )
-        )
-        backlog = sources.claim_due(
-            conn, ["a", "b"], "run:me:1:aaa", limit=2, failing_limit=1, lease_seconds=60,
-            overdue_by=1.0,
-        )  # fmt: skip
-        due = sources.claim_due(
-            conn, ["a", "b"], "run:other:2:bbb", limit=2, failing_limit=1, lease_seconds=60
-        )
-
-    assert [lease.source for lease in backlog] == ["a"]
-    assert [lease.source for lease in due] == ["b"]

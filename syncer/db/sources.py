@@ -144,8 +144,7 @@ def register(conn: sa.Connection, sources: Sequence[SourceConfig]) -> list[str]:
 # lease has lapsed or passed on: that sync ends within its bound, and two of one
 # source in one process would only take the lease from each other.
 _CLAIMABLE = """
-    name = ANY(CAST(:names AS text[])) AND retired_at IS NULL
-    AND next_due_at <= now() - make_interval(secs => :overdue_by)
+    name = ANY(CAST(:names AS text[])) AND retired_at IS NULL AND next_due_at <= now()
     AND name <> ALL(CAST(:running AS text[]))
     AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :owner)
 """
@@ -181,10 +180,8 @@ def claim_due(
     failing_limit: int,
     lease_seconds: float,
     running: Iterable[str] = (),
-    overdue_by: float = 0.0,
 ) -> list[Lease]:
-    """Lease up to `limit` due sources among `names`, the longest overdue first; with
-    `overdue_by`, only those due at least that many seconds ago.
+    """Lease up to `limit` due sources among `names`, the longest overdue first.
 
     Sources whose last run failed get at most `failing_limit` of them, so a provider
     in an outage, retrying for minutes, can never occupy every worker. `running`: the
@@ -202,7 +199,6 @@ def claim_due(
             "limit": limit,
             "failing_limit": max(0, failing_limit),
             "lease_seconds": lease_seconds,
-            "overdue_by": overdue_by,
         },
     ).all()
     return [Lease(row.name, owner, row.lease_token, row.failing) for row in rows]
