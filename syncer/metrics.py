@@ -192,12 +192,7 @@ class Metrics:
 
 
 def _count_lines(counts: Sequence[tuple[str, _SourceCounts]]) -> list[str]:
-    lines = [_RUNS.header]
-    for name, source in counts:
-        lines.extend(
-            _RUNS.line((("source", name), ("outcome", outcome)), total)
-            for outcome, total in source.runs.items()
-        )
+    lines = _labelled_lines(_RUNS, "outcome", [(name, source.runs) for name, source in counts])
     lines.append(_DURATION.header)
     for name, source in counts:
         lines.extend(
@@ -206,17 +201,22 @@ def _count_lines(counts: Sequence[tuple[str, _SourceCounts]]) -> list[str]:
         )
         lines.append(_DURATION.line((("source", name),), source.buckets[-1], "_count"))
         lines.append(_DURATION.line((("source", name),), source.duration_sum, "_sum"))
-    lines.append(_EVENTS.header)
-    for name, source in counts:
+    lines += _labelled_lines(_EVENTS, "kind", [(name, source.events) for name, source in counts])
+    lines += _labelled_lines(
+        _SKIPPED, "reason", [(name, source.skipped) for name, source in counts]
+    )
+    return lines
+
+
+def _labelled_lines(
+    family: _Family, label: str, totals: Sequence[tuple[str, dict[str, int]]]
+) -> list[str]:
+    """A counter per source and `label` value: its header, then every source's series."""
+    lines = [family.header]
+    for name, by_value in totals:
         lines.extend(
-            _EVENTS.line((("source", name), ("kind", kind)), total)
-            for kind, total in source.events.items()
-        )
-    lines.append(_SKIPPED.header)
-    for name, source in counts:
-        lines.extend(
-            _SKIPPED.line((("source", name), ("reason", reason)), total)
-            for reason, total in source.skipped.items()
+            family.line((("source", name), (label, value)), total)
+            for value, total in by_value.items()
         )
     return lines
 

@@ -195,15 +195,7 @@ def test_label_values_are_escaped_as_the_text_format_requires(engine):
     """A source name is the operator's text: quotes, backslashes and newlines in it
     must not break the exposition (only the parser can tell)."""
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO files (source, file_id, provider, filename, purpose, bytes,"
-                " status_class, created_at, first_seen_at, changed_at, raw)"
-                " VALUES (:source, 'f', 'moonshot', 'f', 'p', 5, 'ready', now(), now(), now(),"
-                " '{}')"
-            ),
-            {"source": 'odd "name"\\ with\nnewline'},
-        )
+        insert_file(conn, 'odd "name"\\ with\nnewline', "f", "ready", 5)
 
     parsed = samples(Metrics(engine, []).exposition())
 
